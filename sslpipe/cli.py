@@ -1,0 +1,161 @@
+"""The `sslpipe` command: argument parsing and printing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from sslpipe import __version__
+from sslpipe.errors import SslpipeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SslpipeError as e:
+        print(f"sslpipe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsslpipe: interrupted; complete shards are kept and the same command resumes",
+              file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslpipe", description="GPU input pipelines for self-supervised visual pretraining")
+    parser.add_argument("--version", action="version", version=f"sslpipe {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    convert = commands.add_parser("convert", help="turn ImageNet or an image folder into WebDataset shards")
+    sources = convert.add_subparsers(required=True, metavar="SOURCE")
+    imagenet = sources.add_parser("imagenet", help="an ILSVRC2012 root (classic devkit or Kaggle layout)")
+    imagenet.add_argument("root", type=Path, help="the folder holding train/ and val/ (or ILSVRC/)")
+    imagenet.add_argument("out", type=Path, help="output folder for the shards")
+    imagenet.add_argument("--split", choices=["train", "val", "both"], default="both")
+    imagenet.add_argument("--val-labels", type=Path,
+                          help="ILSVRC2012_validation_ground_truth.txt or LOC_val_solution.csv "
+                               "(default: looked for under ROOT)")
+    imagenet.add_argument("--meta", type=Path, help="the devkit's meta.mat (default: under ROOT)")
+    imagenet.add_argument("--synsets", type=Path, help="LOC_synset_mapping.txt, for class names")
+    _conversion_options(imagenet)
+    imagenet.set_defaults(run=_run_convert_imagenet)
+
+    folder = sources.add_parser("folder", help="an ImageFolder tree (class = subfolder) or a flat folder")
+    folder.add_argument("src", type=Path)
+    folder.add_argument("out", type=Path)
+    folder.add_argument("--split", default="train", help="name of the split, used in file names")
+    folder.add_argument("--unlabeled", action="store_true", help="ignore subfolders; every label is -1")
+    _conversion_options(folder)
+    folder.set_defaults(run=_run_convert_folder)
+
+    verify = commands.add_parser("verify", help="re-read every shard and check it against its manifest")
+    verify.add_argument("out", type=Path)
+    verify.add_argument("--split", action="append", help="only this split (repeatable)")
+    verify.add_argument("--no-decode", action="store_true", help="skip decoding the images with DALI")
+    verify.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="DALI decoding threads")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(run=_run_verify)
+
+    demo = commands.add_parser("demo", help="the end-to-end example on data built from scikit-image photos")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    demo.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _conversion_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("conversion")
+    group.add_argument("--seed", type=int, default=0, help="seed of the global shuffle (default 0)")
+    group.add_argument("--shard-samples", type=int, default=1000,
+                       help="at most this many samples per shard; 0 = no limit (default 1000)")
+    group.add_argument("--shard-mb", type=float, default=256,
+                       help="at most about this many MiB per shard; 0 = no limit (default 256)")
+    group.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes reading and re-encoding images (default: all cores)")
+    group.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    group.add_argument("--baseline", action="store_true",
+                       help="also re-encode progressive JPEGs (the GPU hardware decoder takes baseline only)")
+    group.add_argument("--short-side", type=int, help="downscale images whose shorter side is longer")
+    group.add_argument("--max-side", type=int, help="downscale images whose longer side is longer")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace an existing conversion of the same split in OUT")
+    group.add_argument("--verify", action="store_true", help="run `sslpipe verify` on the result")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _options(args):
+    from sslpipe.shards.convert import ConvertOptions
+    from sslpipe.shards.images import ImagePolicy
+
+    return ConvertOptions(
+        seed=args.seed,
+        shard_samples=args.shard_samples or None,
+        shard_bytes=int(args.shard_mb * 2**20) or None,
+        image=ImagePolicy(args.quality, args.baseline, args.short_side, args.max_side))
+
+
+def _run_convert_imagenet(args) -> int:
+    from sslpipe.shards.imagenet import LabelFiles, imagenet_splits
+
+    splits = ["train", "val"] if args.split == "both" else [args.split]
+    labels = LabelFiles(args.val_labels, args.meta, args.synsets)
+    options = _options(args)  # checked before the (slow) scan of the source
+    print(f"scanning {args.root} ...", flush=True)
+    return _convert(imagenet_splits(args.root, splits, labels), options, args)
+
+
+def _run_convert_folder(args) -> int:
+    from sslpipe.shards.folder import folder_split
+
+    options = _options(args)
+    print(f"scanning {args.src} ...", flush=True)
+    return _convert([folder_split(args.src, args.split, args.unlabeled)], options, args)
+
+
+def _convert(sources, options, args) -> int:
+    from sslpipe.shards.convert import convert_split
+    from sslpipe.shards.report import conversion_summary
+
+    if args.workers < 1:
+        raise SslpipeError(f"--workers must be at least 1 (got {args.workers})")
+    empty = True
+    for source in sources:
+        result = convert_split(source, args.out, options, workers=args.workers,
+                               overwrite=args.overwrite, progress=not args.quiet)
+        print(conversion_summary(result, args.out, args.workers), flush=True)
+        empty = empty and not result.manifest.totals["written"]
+    if empty:
+        raise SslpipeError("no image could be written: every file was rejected "
+                           "(see the .rejected.jsonl files)")
+    if args.verify:
+        return _verify(args.out, [s.split for s in sources], decode=True, threads=args.workers,
+                       quiet=args.quiet)
+    return 0
+
+
+def _run_verify(args) -> int:
+    return _verify(args.out, args.split, decode=not args.no_decode, threads=args.threads, quiet=args.quiet)
+
+
+def _verify(out, splits, decode, threads, quiet) -> int:
+    from sslpipe.shards.report import verify_summary
+    from sslpipe.shards.verify import verify_output
+
+    reports = verify_output(out, splits, decode=decode, threads=threads, progress=not quiet)
+    print(verify_summary(reports), flush=True)
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _run_demo(args) -> int:
+    from sslpipe.demo import run_demo
+
+    return run_demo(args.out, workers=args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Decide, per source file, whether its bytes go into a shard as they are, re-encoded, or not at all.
+
+Every image written must decode to 3-channel RGB with DALI's decoders, and the GPU hardware
+decoder handles baseline JPEG only. So: baseline RGB/grayscale JPEGs keep their original bytes
+(no generation loss); CMYK JPEGs, other formats behind a `.JPEG` name (ImageNet's n02105855_2933
+is a PNG) and, when asked, progressive JPEGs are re-encoded as baseline RGB JPEG. Files that do
+not fully decode (empty, truncated, not an image) are rejected with a reason, never written.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """How the converter treats images; part of the options recorded in the manifest."""
+
+    quality: int = 95            # JPEG quality of re-encoded images
+    baseline: bool = False       # also re-encode progressive JPEGs (for the GPU hardware decoder)
+    short_side: int | None = None  # downscale so that the shorter side is at most this
+    max_side: int | None = None    # downscale so that the longer side is at most this
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The JPEG bytes to write. `reencoded` names why they differ from the source ('' = kept)."""
+
+    jpeg: bytes
+    reencoded: str = ""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A source file that is not written, with a short reason code and the details."""
+
+    reason: str   # one of: unreadable, empty, not_image, truncated, corrupt
+    detail: str
+
+
+def prepare_image(path: Path, policy: ImagePolicy) -> Prepared | Rejected:
+    """Read one source file and return what to write for it, or why it is rejected."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}")
+    if not data:
+        return Rejected("empty", "zero-byte file")
+    return prepare_bytes(data, policy)
+
+
+def prepare_bytes(data: bytes, policy: ImagePolicy) -> Prepared | Rejected:
+    """Like `prepare_image`, for bytes already in memory."""
+    with warnings.catch_warnings():
+        # PIL warns (rather than fails) on some oddities, e.g. huge images; keep stderr clean.
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()  # a full decode: truncated or corrupt data raises here
+        except UnidentifiedImageError:
+            return Rejected("not_image", "not a recognised image format")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            reason = "truncated" if "truncated" in str(e) else "corrupt"
+            return Rejected(reason, f"{type(e).__name__}: {e}")
+
+    why = _reencode_reason(image, policy)
+    if not why:
+        return Prepared(data)
+    # DALI's decoders apply the EXIF orientation of the original; the re-encoded file has no
+    # EXIF, so apply it here to keep what training sees unchanged.
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    size = _target_size(image.size, policy)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=policy.quality)
+    return Prepared(out.getvalue(), why)
+
+
+def _reencode_reason(image: Image.Image, policy: ImagePolicy) -> str:
+    if image.format != "JPEG":
+        return f"format:{image.format or 'unknown'}"
+    if image.mode not in ("RGB", "L"):
+        return f"mode:{image.mode}"
+    if policy.baseline and image.info.get("progressive"):
+        return "progressive"
+    if _target_size(image.size, policy) != image.size:
+        return "resized"
+    return ""
+
+
+def _target_size(size: tuple[int, int], policy: ImagePolicy) -> tuple[int, int]:
+    """The (width, height) after downscaling by the policy; never upscales."""
+    scale = 1.0
+    if policy.short_side is not None:
+        scale = min(scale, policy.short_side / min(size))
+    if policy.max_side is not None:
+        scale = min(scale, policy.max_side / max(size))
+    if scale >= 1.0:
+        return size
+    return tuple(max(1, round(side * scale)) for side in size)

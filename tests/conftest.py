@@ -1,0 +1,33 @@
+"""Shared fixtures: small ImageNet-layout trees of real photos, built once per test session."""
+
+import shutil
+
+import pytest
+
+from sslpipe.fixtures.imagenet import build_imagenet_fixture
+
+
+@pytest.fixture(scope="session")
+def imagenet_tree(tmp_path_factory):
+    """`imagenet_tree(layout)` -> (root, description); each layout is built once, never modify it."""
+    built = {}
+
+    def build(layout="classic"):
+        if layout not in built:
+            root = tmp_path_factory.mktemp(f"imagenet-{layout}") / "root"
+            built[layout] = root, build_imagenet_fixture(root, layout=layout)
+        return built[layout]
+
+    return build
+
+
+@pytest.fixture
+def imagenet_copy(imagenet_tree, tmp_path):
+    """`imagenet_copy(layout)` -> (root, description) of a private copy that a test may change."""
+    def copy(layout="classic"):
+        source, description = imagenet_tree(layout)
+        root = tmp_path / f"imagenet-{layout}"
+        shutil.copytree(source, root)
+        return root, description
+
+    return copy

@@ -1,0 +1,11 @@
+from sslpipe.demo import run_demo
+
+
+def test_the_demo_runs_end_to_end_and_reruns(tmp_path, capsys):
+    assert run_demo(tmp_path, workers=2) == 0
+    first = capsys.readouterr().out
+    assert "train: found 207 = written 204 + rejected 3" in first
+    assert "demo finished" in first
+    assert run_demo(tmp_path, workers=1) == 0
+    second = capsys.readouterr().out
+    assert "reusing the ImageNet-like dataset" in second and "already complete" in second
