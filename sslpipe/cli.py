@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="turn ImageNet or an image folder into WebDataset shards")
     sources = convert.add_subparsers(required=True, metavar="SOURCE")
     imagenet = sources.add_parser("imagenet", help="an ILSVRC2012 root (classic devkit or Kaggle layout)")
-    imagenet.add_argument("root", type=Path, help="the folder holding train/ and val/ (or ILSVRC/)")
-    imagenet.add_argument("out", type=Path, help="output folder for the shards")
+    imagenet.add_argument("source", type=Path, metavar="ROOT",
+                          help="the folder holding train/ and val/ (or ILSVRC/)")
+    imagenet.add_argument("out", type=Path, metavar="OUT", help="output folder for the shards")
     imagenet.add_argument("--split", choices=["train", "val", "both"], default="both")
     imagenet.add_argument("--val-labels", type=Path,
                           help="ILSVRC2012_validation_ground_truth.txt or LOC_val_solution.csv "
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     imagenet.set_defaults(run=_run_convert_imagenet)
 
     folder = sources.add_parser("folder", help="an ImageFolder tree (class = subfolder) or a flat folder")
-    folder.add_argument("src", type=Path)
-    folder.add_argument("out", type=Path)
+    folder.add_argument("source", type=Path, metavar="SRC")
+    folder.add_argument("out", type=Path, metavar="OUT")
     folder.add_argument("--split", default="train", help="name of the split, used in file names")
     folder.add_argument("--unlabeled", action="store_true", help="ignore subfolders; every label is -1")
     _conversion_options(folder)
@@ -92,6 +93,12 @@ def _options(args):
     from sslpipe.shards.convert import ConvertOptions
     from sslpipe.shards.images import ImagePolicy
 
+    for flag in ("workers", "shard_samples", "shard_mb"):
+        if getattr(args, flag) < (1 if flag == "workers" else 0):
+            raise SslpipeError(f"--{flag.replace('_', '-')} cannot be {getattr(args, flag)}")
+    if args.out.resolve().is_relative_to(args.source.resolve()):
+        raise SslpipeError(f"the output folder {args.out} must not be inside the source {args.source}: "
+                           "its shards would be read as source files on the next run")
     return ConvertOptions(
         seed=args.seed,
         shard_samples=args.shard_samples or None,
@@ -105,24 +112,22 @@ def _run_convert_imagenet(args) -> int:
     splits = ["train", "val"] if args.split == "both" else [args.split]
     labels = LabelFiles(args.val_labels, args.meta, args.synsets)
     options = _options(args)  # checked before the (slow) scan of the source
-    print(f"scanning {args.root} ...", flush=True)
-    return _convert(imagenet_splits(args.root, splits, labels), options, args)
+    print(f"scanning {args.source} ...", flush=True)
+    return _convert(imagenet_splits(args.source, splits, labels), options, args)
 
 
 def _run_convert_folder(args) -> int:
     from sslpipe.shards.folder import folder_split
 
     options = _options(args)
-    print(f"scanning {args.src} ...", flush=True)
-    return _convert([folder_split(args.src, args.split, args.unlabeled)], options, args)
+    print(f"scanning {args.source} ...", flush=True)
+    return _convert([folder_split(args.source, args.split, args.unlabeled)], options, args)
 
 
 def _convert(sources, options, args) -> int:
     from sslpipe.shards.convert import convert_split
     from sslpipe.shards.report import conversion_summary
 
-    if args.workers < 1:
-        raise SslpipeError(f"--workers must be at least 1 (got {args.workers})")
     empty = True
     for source in sources:
         result = convert_split(source, args.out, options, workers=args.workers,

@@ -59,7 +59,8 @@ def imagenet_splits(root: Path, splits: list[str], labels: LabelFiles = LabelFil
     for split in splits:
         directory = base / split
         if not directory.is_dir():
-            raise SslpipeError(f"{root}: no {split} folder in the {layout} layout (looked for {directory})")
+            raise SslpipeError(f"{root}: no {split} folder in the {layout} layout (looked for {directory}); "
+                               "--split chooses the splits to convert")
         if split == "train":
             source = _class_folder_split(root, directory, split, classes)
         else:

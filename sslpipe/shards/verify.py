@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from sslpipe.errors import SslpipeError
 from sslpipe.shards.decode_check import DaliDecodeCheck
-from sslpipe.shards.manifest import Manifest, find_manifests
+from sslpipe.shards.manifest import Manifest, find_manifests, progress_path
 from sslpipe.shards.resume import split_files
 from sslpipe.shards.writer import INDEX_VERSION
 
@@ -57,15 +57,23 @@ def verify_output(out: Path, splits: list[str] | None = None, *, decode: bool = 
     if not out.is_dir():
         raise SslpipeError(f"shard folder {out} does not exist")
     manifests = {path.name.removesuffix(".manifest.json"): path for path in find_manifests(out)}
-    if not manifests:
-        raise SslpipeError(f"no *.manifest.json in {out}: not a converted shard folder "
-                           "(an interrupted conversion finishes when re-run)")
+    unfinished = {path.name[1:].removesuffix(".progress.json") for path in out.glob(".*.progress.json")}
+    known = sorted(set(manifests) | unfinished)
+    if not known:
+        raise SslpipeError(f"no *.manifest.json in {out}: not a converted shard folder")
     for split in splits or []:
-        if split not in manifests:
-            raise SslpipeError(f"no {split}.manifest.json in {out} (found: {', '.join(manifests)})")
+        if split not in known:
+            raise SslpipeError(f"no {split}.manifest.json in {out} (found: {', '.join(known)})")
     decoder = DaliDecodeCheck(threads) if decode else None
-    return [_verify_split(out, Manifest.read(manifests[s]), decoder, progress)
-            for s in (splits or manifests)]
+    reports = []
+    for split in splits or known:
+        if split in manifests:
+            reports.append(_verify_split(out, Manifest.read(manifests[split]), decoder, progress))
+        else:
+            unfinished_problem = Problem(progress_path(out, split).name, None, "the conversion of this split "
+                                         "is unfinished: re-run the same `sslpipe convert` command")
+            reports.append(SplitReport(split, problems=[unfinished_problem]))
+    return reports
 
 
 def _verify_split(out: Path, manifest: Manifest, decoder, progress: bool) -> SplitReport:

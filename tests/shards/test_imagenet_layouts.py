@@ -77,6 +77,15 @@ def test_val_alone_gets_the_class_list_of_train(imagenet_tree):
     assert val_alone.classes == train.classes == val.classes
 
 
+@pytest.mark.parametrize("layout", ["classic", "kaggle"])
+def test_without_train_the_classes_come_from_the_label_files(imagenet_tree, imagenet_copy, layout):
+    (reference,) = imagenet_splits(imagenet_tree(layout)[0], ["val"])
+    root, _ = imagenet_copy(layout)
+    shutil.rmtree(next(root.rglob("train")))
+    (val,) = imagenet_splits(root, ["val"])
+    assert val.classes == reference.classes and labels_by_key(val) == labels_by_key(reference)
+
+
 def test_files_without_a_usable_label_are_rejected_with_the_reason(imagenet_copy):
     root, description = imagenet_copy("classic")
     (root / "val" / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not listed in the ground truth")

@@ -113,6 +113,13 @@ def test_duplicate_keys_across_shards(shards):
     assert f"val-000003.tar: key {repeated[0]}: duplicate key (also in val-000000.tar)" in found
 
 
+def test_an_unfinished_split_is_a_problem(shards):
+    (shards / "val.manifest.json").rename(shards / ".val.progress.json")  # as if killed before the end
+    reports = verify_output(shards, progress=False, decode=False)
+    assert [(r.split, r.ok) for r in reports] == [("train", True), ("val", False)]
+    assert "unfinished: re-run the same `sslpipe convert` command" in str(reports[1].problems[0])
+
+
 def test_not_a_shard_folder(tmp_path):
     with pytest.raises(SslpipeError, match="does not exist"):
         verify_output(tmp_path / "nowhere")
