@@ -54,7 +54,7 @@ def imagenet_splits(root: Path, splits: list[str], labels: LabelFiles = LabelFil
         raise SslpipeError(f"ImageNet root {root} does not exist or is not a folder")
     base, layout = _detect_layout(root)
     names = _class_names(root, labels)
-    classes = _class_list(root, base, names, labels)
+    classes = _class_list(root, base, names)
     result = []
     for split in splits:
         directory = base / split
@@ -84,10 +84,16 @@ def _detect_layout(root: Path) -> tuple[Path, str]:
         f"{KAGGLE_BASE}/ (Kaggle) inside it; found: {seen}")
 
 
-def _class_list(root: Path, base: Path, names: dict[str, str], labels: LabelFiles) -> list[ClassInfo]:
+def _class_list(root: Path, base: Path, names: dict[str, str]) -> list[ClassInfo]:
     """Sorted wnids of train/'s class folders; without train/, those of the label files."""
-    if (base / "train").is_dir():
-        wnids = [d.name for d in (base / "train").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    train = base / "train"
+    if train.is_dir():
+        wnids = [d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if not wnids:
+            archives = next(train.glob("*.tar"), None)
+            hint = (f"; it holds archives like {archives.name}: extract each into a folder of its name"
+                    if archives else "")
+            raise SslpipeError(f"{train} has no class folders (<wnid>/){hint}")
     elif names:
         wnids = list(names)
     elif (base / "val").is_dir():
@@ -158,7 +164,7 @@ def _val_split(root: Path, directory: Path, split: str, classes: list[ClassInfo]
 
 
 def _not_a_class(wnid: str, classes: list[ClassInfo]) -> str:
-    return f"{wnid} is not one of the {len(classes)} classes of train/"
+    return f"{wnid} is not among the {len(classes)} classes"
 
 
 def _val_labels(root: Path, labels: LabelFiles) -> tuple[dict[str, str], str]:

@@ -134,6 +134,11 @@ def test_errors_name_the_problem(imagenet_copy, tmp_path):
     (empty / "train" / "n02123045").mkdir(parents=True)
     with pytest.raises(SslpipeError, match="no images found"):
         imagenet_splits(empty, ["train"])
+    archived = tmp_path / "archived"
+    (archived / "train").mkdir(parents=True)
+    (archived / "train" / "n02123045.tar").write_bytes(b"")
+    with pytest.raises(SslpipeError, match="no class folders.*n02123045.tar: extract each"):
+        imagenet_splits(archived, ["train"])
 
 
 def test_malformed_label_files_are_named(imagenet_copy, tmp_path):
