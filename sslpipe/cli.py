@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from sslpipe import __version__
 from sslpipe.errors import SslpipeError
+
+# The cores this process may use (a container or a batch job may allow fewer than the machine has).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslpipe: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nsslpipe: interrupted; complete shards are kept and the same command resumes",
-              file=sys.stderr)
+        print(f"\nsslpipe: interrupted{getattr(args, 'on_interrupt', '')}", file=sys.stderr)
         return 130
 
 
@@ -58,13 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("out", type=Path)
     verify.add_argument("--split", action="append", help="only this split (repeatable)")
     verify.add_argument("--no-decode", action="store_true", help="skip decoding the images with DALI")
-    verify.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="DALI decoding threads")
+    verify.add_argument("--threads", type=_at_least(1), default=CORES, help="DALI decoding threads")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_run_verify)
 
     demo = commands.add_parser("demo", help="the end-to-end example on data built from scikit-image photos")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
-    demo.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    demo.add_argument("--workers", type=_at_least(1), default=min(4, CORES))
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -72,33 +75,46 @@ def _parser() -> argparse.ArgumentParser:
 def _conversion_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("conversion")
     group.add_argument("--seed", type=int, default=0, help="seed of the global shuffle (default 0)")
-    group.add_argument("--shard-samples", type=int, default=1000,
+    group.add_argument("--shard-samples", type=_at_least(0), default=1000,
                        help="at most this many samples per shard; 0 = no limit (default 1000)")
-    group.add_argument("--shard-mb", type=float, default=256,
+    group.add_argument("--shard-mb", type=_at_least(0, float), default=256,
                        help="at most about this many MiB per shard; 0 = no limit (default 256)")
-    group.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                       help="processes reading and re-encoding images (default: all cores)")
-    group.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    group.add_argument("--workers", type=_at_least(1), default=CORES,
+                       help=f"processes reading, checking and re-encoding images (default: {CORES}, "
+                            "the cores available)")
+    group.add_argument("--quality", type=_at_least(1), default=95,
+                       help="JPEG quality of re-encoded images, 1..100 (default 95)")
     group.add_argument("--baseline", action="store_true",
                        help="also re-encode progressive JPEGs (the GPU hardware decoder takes baseline only)")
-    group.add_argument("--short-side", type=int, help="downscale images whose shorter side is longer")
-    group.add_argument("--max-side", type=int, help="downscale images whose longer side is longer")
+    group.add_argument("--short-side", type=_at_least(1),
+                       help="downscale images whose shorter side is longer than this")
+    group.add_argument("--max-side", type=_at_least(1),
+                       help="downscale images whose longer side is longer than this")
     group.add_argument("--overwrite", action="store_true",
                        help="replace an existing conversion of the same split in OUT")
     group.add_argument("--verify", action="store_true", help="run `sslpipe verify` on the result")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(on_interrupt="; the complete shards are kept and the same command resumes")
+
+
+def _at_least(low, kind=int):
+    """An argparse type: a finite number of `kind`, at least `low`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{text} is not a number of at least {low}")
+        return value
+
+    return parse
 
 
 def _options(args):
     from sslpipe.shards.convert import ConvertOptions
     from sslpipe.shards.images import ImagePolicy
 
-    for flag in ("workers", "shard_samples", "shard_mb"):
-        if getattr(args, flag) < (1 if flag == "workers" else 0):
-            raise SslpipeError(f"--{flag.replace('_', '-')} cannot be {getattr(args, flag)}")
-    if args.out.resolve().is_relative_to(args.source.resolve()):
-        raise SslpipeError(f"the output folder {args.out} must not be inside the source {args.source}: "
-                           "its shards would be read as source files on the next run")
     return ConvertOptions(
         seed=args.seed,
         shard_samples=args.shard_samples or None,

@@ -25,9 +25,14 @@ def test_convert_prints_a_reconciled_summary(imagenet_tree, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["convert", "imagenet", "{tmp}/nowhere", "{tmp}/out"], "ImageNet root {tmp}/nowhere does not exist"),
     (["convert", "folder", "{tmp}/nowhere", "{tmp}/out"], "source folder {tmp}/nowhere does not exist"),
-    (["convert", "folder", "{tmp}", "{tmp}/../out", "--workers", "0"], "--workers cannot be 0"),
-    (["convert", "folder", "{tmp}", "{tmp}/../out", "--shard-mb", "-1"], "--shard-mb cannot be -1.0"),
-    (["convert", "folder", "{tmp}", "{tmp}/out"], "the output folder {tmp}/out must not be inside the source"),
+    (["convert", "folder", "{tmp}", "{tmp}/../out", "--workers", "0"],
+     "argument --workers: 0 is not a number of at least 1"),
+    (["convert", "folder", "{tmp}", "{tmp}/../out", "--shard-mb", "inf"],
+     "argument --shard-mb: inf is not a number of at least 0"),
+    (["convert", "folder", "{tmp}", "{tmp}/../out", "--shard-samples", "many"],
+     "argument --shard-samples: 'many' is not a number"),
+    (["convert", "folder", "{tmp}", "{tmp}/out"],
+     "the output folder {tmp}/out must not be inside {tmp}, which is scanned for source files"),
     (["convert", "folder", "{tmp}", "{tmp}/../out", "--quality", "101"], "quality must be within 1..100"),
     (["convert", "folder", "{tmp}", "{tmp}/../out", "--split", "my-split"], "split name 'my-split' must be"),
     (["verify", "{tmp}"], "no *.manifest.json in {tmp}"),
@@ -36,7 +41,7 @@ def test_errors_are_one_clear_line_without_a_traceback(tmp_path, args, message):
     (tmp_path / "a.jpg").write_bytes(b"not really")
     done = sslpipe(*[a.format(tmp=tmp_path) for a in args])
     assert done.returncode == 2
-    assert f"sslpipe: error: {message.format(tmp=tmp_path)}" in done.stderr
+    assert f"error: {message.format(tmp=tmp_path)}" in done.stderr
     assert "Traceback" not in done.stderr
 
 

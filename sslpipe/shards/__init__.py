@@ -9,8 +9,8 @@
 
 from sslpipe.shards.convert import ConvertOptions, ConvertResult, convert_split
 from sslpipe.shards.folder import folder_split
-from sslpipe.shards.images import ImagePolicy
 from sslpipe.shards.imagenet import LabelFiles, imagenet_splits
+from sslpipe.shards.images import ImagePolicy
 from sslpipe.shards.manifest import Manifest
 from sslpipe.shards.verify import verify_output
 

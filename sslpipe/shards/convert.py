@@ -20,8 +20,11 @@ import re
 import signal
 import time
 from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from itertools import islice
 from pathlib import Path
 
@@ -29,10 +32,11 @@ from tqdm import tqdm
 
 from sslpipe import __version__
 from sslpipe.errors import SslpipeError
-from sslpipe.shards.images import ImagePolicy, Prepared, prepare_image
+from sslpipe.shards.decode_check import DaliDecodeCheck
+from sslpipe.shards.images import ImagePolicy, Prepared, Rejected, prepare_bytes, prepare_image
 from sslpipe.shards.manifest import Manifest, manifest_path, progress_path, rejected_path, write_atomic
 from sslpipe.shards.resume import existing_conversion, remove_split, remove_uncommitted, writable_folder
-from sslpipe.shards.sources import SourceFile, SplitSource
+from sslpipe.shards.sources import Rejection, SourceFile, SplitSource
 from sslpipe.shards.writer import ShardWriter
 
 
@@ -68,11 +72,20 @@ class _Segment:
     """What became of the source files that one shard covers (saved with the shard's record)."""
 
     kept: int = 0
-    reencoded: Counter = field(default_factory=Counter)
-    rejected: list[dict] = field(default_factory=list)  # {"path", "reason", "detail"}
+    reencoded: Counter = field(default_factory=Counter)   # reason -> files
+    labels: Counter = field(default_factory=Counter)      # class index -> samples written
+    rejected: list[Rejection] = field(default_factory=list)
 
-    def as_record(self) -> dict:
-        return {"kept": self.kept, "reencoded": dict(self.reencoded), "rejected": self.rejected}
+    def to_json(self) -> dict:
+        return {"kept": self.kept, "reencoded": dict(self.reencoded),
+                "labels": {str(k): v for k, v in sorted(self.labels.items())},
+                "rejected": [r.to_json() for r in self.rejected]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> _Segment:
+        return cls(data["kept"], Counter(data["reencoded"]),
+                   Counter({int(k): v for k, v in data["labels"].items()}),
+                   [Rejection.from_json(r) for r in data["rejected"]])
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,9 @@ def convert_split(source: SplitSource, out: Path, options: ConvertOptions = Conv
     split = source.split
     if not re.fullmatch(r"[A-Za-z0-9_]+", split):
         raise SslpipeError(f"split name {split!r} must be letters, digits or '_' (it names the files)")
+    if Path(out).resolve().is_relative_to(source.directory.resolve()):
+        raise SslpipeError(f"the output folder {out} must not be inside {source.directory}, which is "
+                           "scanned for source files")
     out = writable_folder(Path(out))
     plan = shuffled_plan(source.files, options.seed)
     header = {"source": source.description, "options": options.as_dict(),
@@ -111,12 +127,16 @@ def convert_split(source: SplitSource, out: Path, options: ConvertOptions = Conv
         with closing(_prepare_in_order([f.path for f in todo], options.image, workers)) as results:
             for position, (file, result) in enumerate(zip(todo, results), start=shards.plan_end):
                 if isinstance(result, Prepared):
-                    shards.add(position, file.key, _sample_members(file, result, source.class_field),
+                    shards.add(position, file, _sample_members(file, result, source.class_field),
                                result.reencoded)
                 else:
-                    shards.reject(file.relpath, result.reason, result.detail)
+                    shards.segment.rejected.append(Rejection(file.relpath, result.reason, result.detail))
                 bar.update()
         trailing = shards.close(len(plan))
+    except OSError as e:  # reading errors are rejections; this is writing the output
+        shards.abort()
+        raise SslpipeError(f"writing to {out} failed: {e.strerror or e}; the complete shards are kept: "
+                           "fix the cause and re-run the same command to resume") from e
     except BaseException:
         shards.abort()
         raise
@@ -142,21 +162,19 @@ class _ShardSequence:
     def plan_end(self) -> int:
         return self.records[-1]["plan_end"] if self.records else 0
 
-    def add(self, position: int, key: str, members: dict[str, bytes], reencoded: str) -> None:
+    def add(self, position: int, file: SourceFile, members: dict[str, bytes], reencoded: str) -> None:
         if self.writer is not None and _over_bytes(self.writer, members, self.options.shard_bytes):
             self._commit(position)
         if self.writer is None:
             self.writer = ShardWriter(self.out, shard_name(self.split, len(self.records)))
-        self.writer.add(key, members)
+        self.writer.add(file.key, members)
+        self.segment.labels[file.label] += 1
         if reencoded:
             self.segment.reencoded[reencoded] += 1
         else:
             self.segment.kept += 1
         if self.options.shard_samples and self.writer.samples >= self.options.shard_samples:
             self._commit(position + 1)
-
-    def reject(self, relpath: str, reason: str, detail: str) -> None:
-        self.segment.rejected.append({"path": relpath, "reason": reason, "detail": detail})
 
     def close(self, plan_end: int) -> _Segment:
         """Commit the last shard; return the files after it (all rejected), if any."""
@@ -174,7 +192,7 @@ class _ShardSequence:
 
     def _commit(self, plan_end: int) -> None:
         info = self.writer.finish()
-        self.records.append({**asdict(info), "plan_end": plan_end, **self.segment.as_record()})
+        self.records.append({**asdict(info), "plan_end": plan_end, "segment": self.segment.to_json()})
         self.save()
         self.writer.publish()
         self.writer, self.segment = None, _Segment()
@@ -200,32 +218,61 @@ def fingerprint(plan: list[SourceFile]) -> str:
             size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
             size = mtime = -1  # unreadable files are rejected later, with the reason
-        digest.update(f"{f.key}\0{f.relpath}\0{f.label}\0{size}\0{mtime}\n".encode())
+        line = f"{f.key}\0{f.relpath}\0{f.label}\0{size}\0{mtime}\n"
+        # surrogateescape: file names that are not valid UTF-8 still identify their file.
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
 def _prepare_in_order(paths: list[Path], policy: ImagePolicy, workers: int, chunk: int = 16):
-    """Yield `prepare_image` results in the order of `paths`, computed by `workers` processes.
+    """Yield `_prepare_chunk` results in the order of `paths`, computed by `workers` processes.
 
     Paths travel in chunks (one message per image costs as much as decoding it), and only a
     window of chunks is in flight, so results cannot pile up in memory behind a slow disk.
     """
-    if workers <= 1:
-        yield from (prepare_image(p, policy) for p in paths)
-        return
     chunks = (paths[i:i + chunk] for i in range(0, len(paths), chunk))
-    # spawn: forking a process that runs tqdm's monitor thread is unsafe.
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
-        pending = deque(pool.apply_async(_prepare_chunk, (c, policy)) for c in islice(chunks, 4 * workers))
+    if workers <= 1:
+        for paths_chunk in chunks:
+            yield from _prepare_chunk(paths_chunk, policy)
+        return
+    # spawn: forking a process that runs threads (tqdm's monitor, DALI's) is unsafe.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_sigint)
+    try:
+        pending = deque(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 4 * workers))
         while pending:
-            results = pending.popleft().get()
-            for c in islice(chunks, 1):
-                pending.append(pool.apply_async(_prepare_chunk, (c, policy)))
+            try:
+                results = pending.popleft().result()
+            except BrokenProcessPool:
+                raise SslpipeError("a worker process died (out of memory? killed?); the complete shards "
+                                   "are kept: re-run the same command to resume") from None
+            pending.extend(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 1))
             yield from results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _prepare_chunk(paths: list[Path], policy: ImagePolicy) -> list:
-    return [prepare_image(p, policy) for p in paths]
+def _prepare_chunk(paths: list[Path], policy: ImagePolicy) -> list[Prepared | Rejected]:
+    """`prepare_image` for each path; then DALI decodes every JPEG to be written, as training will.
+
+    What Pillow reads but DALI does not is re-encoded from Pillow's decode, or rejected.
+    """
+    results = [prepare_image(path, policy) for path in paths]
+    written = [(i, r.jpeg) for i, r in enumerate(results) if isinstance(r, Prepared)]
+    for i, error in _dali_decoder().check(written):
+        fallback = Rejected("undecodable", f"DALI's decoder fails on it: {error}")
+        if not results[i].reencoded:
+            reencoded = prepare_bytes(results[i].jpeg, policy, force="dali_decode")
+            if isinstance(reencoded, Prepared) and not _dali_decoder().check([(i, reencoded.jpeg)]):
+                fallback = reencoded
+        results[i] = fallback
+    return results
+
+
+@cache
+def _dali_decoder() -> DaliDecodeCheck:
+    # One single-threaded DALI pipeline per process: the processes are the parallelism.
+    return DaliDecodeCheck(threads=1)
 
 
 def _ignore_sigint():
@@ -253,28 +300,31 @@ def _over_bytes(writer: ShardWriter, members: dict[str, bytes], limit: int | Non
 
 def _finish(out: Path, source: SplitSource, header: dict, records: list[dict],
             trailing: _Segment) -> Manifest:
-    segments = [_Segment(r["kept"], Counter(r["reencoded"]), r["rejected"]) for r in records] + [trailing]
-    rejected = [{"path": r.relpath, "reason": r.reason, "detail": r.detail} for r in source.rejected]
-    rejected += [r for segment in segments for r in segment.rejected]
+    segments = [_Segment.from_json(r["segment"]) for r in records] + [trailing]
+    rejected = source.rejected + [r for segment in segments for r in segment.rejected]
     write_atomic(rejected_path(out, source.split),
-                 "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+                 "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in rejected))
     written = sum(r["samples"] for r in records)
     reencoded = sum((segment.reencoded for segment in segments), Counter())
+    labels = sum((segment.labels for segment in segments), Counter())
+    totals = {"found": source.found, "written": written, "rejected": len(rejected),
+              "bytes": sum(r["bytes"] for r in records),
+              "kept": sum(segment.kept for segment in segments),
+              "reencoded": dict(sorted(reencoded.items())),
+              "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
+              "hidden_ignored": source.hidden_ignored}
+    if source.classes:
+        totals["per_class"] = [labels[c.index] for c in source.classes]
+    if source.found != written + len(rejected):
+        raise RuntimeError(f"bookkeeping error: found {source.found} != written {written} + "
+                           f"rejected {len(rejected)}")  # a bug, never the user's input
     manifest = Manifest(
         split=source.split, **header,
         class_field=source.class_field,
         classes=[{"index": c.index, source.class_field: c.id, "name": c.name} for c in source.classes],
         shards=[{k: r[k] for k in ("name", "index", "samples", "bytes", "sha256")} for r in records],
-        totals={"found": source.found, "written": written, "rejected": len(rejected),
-                "bytes": sum(r["bytes"] for r in records),
-                "kept": sum(segment.kept for segment in segments),
-                "reencoded": dict(sorted(reencoded.items())),
-                "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejected).items())),
-                "hidden_ignored": source.hidden_ignored},
+        totals=totals,
         created_by=f"sslpipe {__version__}")
-    if source.found != written + len(rejected):
-        raise RuntimeError(f"bookkeeping error: found {source.found} != written {written} + "
-                           f"rejected {len(rejected)}")  # a bug, never the user's input
     write_atomic(manifest_path(out, source.split), manifest.to_json())
     progress_path(out, source.split).unlink(missing_ok=True)
     return manifest

@@ -49,5 +49,5 @@ def folder_split(root: Path, split: str = "train", unlabeled: bool = False) -> S
     check_unique_keys(split, files)
     layout = "imagefolder" if labelled else "unlabeled"
     labels = "class subfolders" if labelled else "none"
-    return SplitSource(split, {"dataset": "folder", "layout": layout, "labels": labels},
+    return SplitSource(split, root, {"dataset": "folder", "layout": layout, "labels": labels},
                        "class", classes, files, hidden_ignored=hidden)

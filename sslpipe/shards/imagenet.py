@@ -8,8 +8,11 @@ Layouts:
 - either of them with `val/` already sorted into `<wnid>/` folders.
 
 Class index = position of the wnid in sorted order, which is also the line order of
-`LOC_synset_mapping.txt`. The devkit's ground truth holds ILSVRC2012_IDs, which are NOT in that
-order: they are mapped to wnids through the leaf synsets of `meta.mat`.
+`LOC_synset_mapping.txt`. The class list comes from the label files where there are any
+(`LOC_synset_mapping.txt`, or the leaf synsets of `meta.mat`), so that a stray or missing
+folder in train/ cannot shift every index; otherwise from train/'s folders. The devkit's ground
+truth holds ILSVRC2012_IDs, which are NOT in that order: they are mapped to wnids through the
+leaf synsets of `meta.mat`.
 """
 
 from __future__ import annotations
@@ -53,8 +56,7 @@ def imagenet_splits(root: Path, splits: list[str], labels: LabelFiles = LabelFil
     if not root.is_dir():
         raise SslpipeError(f"ImageNet root {root} does not exist or is not a folder")
     base, layout = _detect_layout(root)
-    names = _class_names(root, labels)
-    classes = _class_list(root, base, names)
+    classes = _class_list(root, base, labels)
     result = []
     for split in splits:
         directory = base / split
@@ -84,31 +86,29 @@ def _detect_layout(root: Path) -> tuple[Path, str]:
         f"{KAGGLE_BASE}/ (Kaggle) inside it; found: {seen}")
 
 
-def _class_list(root: Path, base: Path, names: dict[str, str]) -> list[ClassInfo]:
-    """Sorted wnids of train/'s class folders; without train/, those of the label files."""
-    train = base / "train"
-    if train.is_dir():
-        wnids = [d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        if not wnids:
-            archives = next(train.glob("*.tar"), None)
+def _class_list(root: Path, base: Path, labels: LabelFiles) -> list[ClassInfo]:
+    """The classes, sorted by wnid: from the label files, else from train/'s (or val/'s) folders."""
+    names = _listed_classes(root, labels)
+    if names:
+        wnids = list(names)
+    else:
+        split = next((base / s for s in ("train", "val") if (base / s).is_dir()), None)
+        wnids = [d.name for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")] \
+            if split else []
+        if split and not wnids:
+            archives = next(split.glob("*.tar"), None)
             hint = (f"; it holds archives like {archives.name}: extract each into a folder of its name"
                     if archives else "")
-            raise SslpipeError(f"{train} has no class folders (<wnid>/){hint}")
-    elif names:
-        wnids = list(names)
-    elif (base / "val").is_dir():
-        wnids = [d.name for d in (base / "val").iterdir() if d.is_dir() and not d.name.startswith(".")]
-    else:
-        wnids = []
+            raise SslpipeError(f"{split} has no class folders (<wnid>/) and {root} no "
+                               f"{KAGGLE_SYNSETS} or {DEVKIT_META} listing the classes{hint}")
     if not wnids:
-        raise SslpipeError(
-            f"{root}: cannot tell the classes: no class folders in train/ and no "
-            f"{KAGGLE_SYNSETS} or {DEVKIT_META} (pass --synsets or --meta)")
+        raise SslpipeError(f"{root}: cannot tell the classes: no class folders and no "
+                           f"{KAGGLE_SYNSETS} or {DEVKIT_META} (pass --synsets or --meta)")
     return [ClassInfo(i, wnid, names.get(wnid)) for i, wnid in enumerate(sorted(wnids))]
 
 
-def _class_names(root: Path, labels: LabelFiles) -> dict[str, str]:
-    """wnid -> human-readable name, from the synset mapping or meta.mat when either is present."""
+def _listed_classes(root: Path, labels: LabelFiles) -> dict[str, str]:
+    """wnid -> name of the classes in the synset mapping or meta.mat, when either is present."""
     synsets = labels.synsets or root / KAGGLE_SYNSETS
     if labels.synsets or synsets.is_file():
         return read_synset_mapping(synsets)
@@ -132,7 +132,7 @@ def _class_folder_split(root: Path, directory: Path, split: str, classes: list[C
             rejected.append(Rejection(rel, "unknown_class", _not_a_class(folder, classes)))
         else:
             files.append(SourceFile(path, rel, make_key(path.stem), by_id[folder].index, folder))
-    return SplitSource(split, {"labels": f"{split}/<wnid>/ folders"}, "wnid", classes,
+    return SplitSource(split, directory, {"labels": f"{split}/<wnid>/ folders"}, "wnid", classes,
                        files, rejected, hidden)
 
 
@@ -160,7 +160,7 @@ def _val_split(root: Path, directory: Path, split: str, classes: list[ClassInfo]
             rejected.append(Rejection(rel, "unknown_class", _not_a_class(wnid, classes)))
         else:
             files.append(SourceFile(path, rel, key, by_id[wnid].index, wnid))
-    return SplitSource(split, {"labels": source}, "wnid", classes, files, rejected, hidden)
+    return SplitSource(split, directory, {"labels": source}, "wnid", classes, files, rejected, hidden)
 
 
 def _not_a_class(wnid: str, classes: list[ClassInfo]) -> str:

@@ -3,8 +3,10 @@
 Every image written must decode to 3-channel RGB with DALI's decoders, and the GPU hardware
 decoder handles baseline JPEG only. So: baseline RGB/grayscale JPEGs keep their original bytes
 (no generation loss); CMYK JPEGs, other formats behind a `.JPEG` name (ImageNet's n02105855_2933
-is a PNG) and, when asked, progressive JPEGs are re-encoded as baseline RGB JPEG. Files that do
-not fully decode (empty, truncated, not an image) are rejected with a reason, never written.
+is a PNG), 16-bit images and, when asked, progressive JPEGs are re-encoded as baseline RGB JPEG.
+Files that do not fully decode (empty, truncated, not an image) are rejected with a reason, never
+written. The converter then decodes what it will write with DALI itself (`convert.py`) and
+re-encodes here whatever Pillow reads but DALI does not.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's names for a JPEG stream; MPO is a camera JPEG with extra frames appended.
+JPEG_FORMATS = ("JPEG", "MPO")
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Prepared:
 class Rejected:
     """A source file that is not written, with a short reason code and the details."""
 
-    reason: str   # one of: unreadable, empty, not_image, truncated, corrupt
+    reason: str   # unreadable, empty, not_image, truncated, corrupt, too_large, unsupported, undecodable
     detail: str
 
 
@@ -49,41 +55,46 @@ def prepare_image(path: Path, policy: ImagePolicy) -> Prepared | Rejected:
         data = path.read_bytes()
     except OSError as e:
         return Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}")
-    if not data:
-        return Rejected("empty", "zero-byte file")
     return prepare_bytes(data, policy)
 
 
-def prepare_bytes(data: bytes, policy: ImagePolicy) -> Prepared | Rejected:
-    """Like `prepare_image`, for bytes already in memory."""
+def prepare_bytes(data: bytes, policy: ImagePolicy, force: str = "") -> Prepared | Rejected:
+    """Like `prepare_image`, for bytes in memory; `force` re-encodes for that reason in any case."""
+    if not data:
+        return Rejected("empty", "zero-byte file")
+    image = _decode(data)
+    if isinstance(image, Rejected):
+        return image
+    why = force or _reencode_reason(image, policy)
+    if not why:
+        return Prepared(data)
+    try:
+        return Prepared(_reencode(image, policy), why)
+    except (OSError, ValueError) as e:  # e.g. sides beyond JPEG's 65,500 pixels
+        return Rejected("unsupported", f"cannot re-encode as JPEG ({why}): {type(e).__name__}: {e}")
+
+
+def _decode(data: bytes) -> Image.Image | Rejected:
     with warnings.catch_warnings():
-        # PIL warns (rather than fails) on some oddities, e.g. huge images; keep stderr clean.
+        # Pillow warns (rather than fails) on some oddities; keep the progress bar clean.
         warnings.simplefilter("ignore")
         try:
             image = Image.open(io.BytesIO(data))
             image.load()  # a full decode: truncated or corrupt data raises here
         except UnidentifiedImageError:
             return Rejected("not_image", "not a recognised image format")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError as e:
+            return Rejected("too_large", str(e))
+        except (OSError, SyntaxError, ValueError) as e:
             reason = "truncated" if "truncated" in str(e) else "corrupt"
             return Rejected(reason, f"{type(e).__name__}: {e}")
-
-    why = _reencode_reason(image, policy)
-    if not why:
-        return Prepared(data)
-    # DALI's decoders apply the EXIF orientation of the original; the re-encoded file has no
-    # EXIF, so apply it here to keep what training sees unchanged.
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    size = _target_size(image.size, policy)
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=policy.quality)
-    return Prepared(out.getvalue(), why)
+    if image.mode == "F":
+        return Rejected("unsupported", "floating-point pixels have no defined 8-bit range")
+    return image
 
 
 def _reencode_reason(image: Image.Image, policy: ImagePolicy) -> str:
-    if image.format != "JPEG":
+    if image.format not in JPEG_FORMATS:
         return f"format:{image.format or 'unknown'}"
     if image.mode not in ("RGB", "L"):
         return f"mode:{image.mode}"
@@ -92,6 +103,26 @@ def _reencode_reason(image: Image.Image, policy: ImagePolicy) -> str:
     if _target_size(image.size, policy) != image.size:
         return "resized"
     return ""
+
+
+def _reencode(image: Image.Image, policy: ImagePolicy) -> bytes:
+    # DALI's decoders apply the EXIF orientation of the original; the re-encoded file has no
+    # EXIF, so apply it here to keep what training sees unchanged.
+    image = _to_rgb(ImageOps.exif_transpose(image))
+    size = _target_size(image.size, policy)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=policy.quality)
+    return out.getvalue()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I"):
+        # 16-bit (or 32-bit integer) grayscale: keep the top 8 of 16 bits; convert() would clip.
+        pixels = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray(np.minimum(pixels >> 8, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def _target_size(size: tuple[int, int], policy: ImagePolicy) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """`OUT/<split>.manifest.json`: the record of a finished split, read by `verify` and the loaders.
 
 It exists only once every shard of the split is written; while a conversion runs (or after it
-was killed) its state lives in `OUT/<split>.progress.json` instead.
+was killed) its state lives in `OUT/.<split>.progress.json` instead.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from sslpipe.errors import SslpipeError
 
 FORMAT = "sslpipe-shards/1"
+SHARD_KEYS = {"name", "index", "samples", "bytes", "sha256"}
 
 
 def manifest_path(out: Path, split: str) -> Path:
@@ -31,7 +32,7 @@ def progress_path(out: Path, split: str) -> Path:
 @dataclass
 class Manifest:
     split: str
-    source: dict            # dataset, layout, where labels came from, root
+    source: dict            # dataset, layout, where the labels came from
     options: dict           # everything that changes the bytes written
     fingerprint: str        # sha256 of the source files' keys, paths, sizes, times and labels
     class_field: str        # name of the class id in each sample's .json and in `classes`
@@ -59,9 +60,19 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SslpipeError(f"{path} is not an sslpipe shard manifest (format {FORMAT!r})")
         try:
-            return cls(**data)
+            manifest = cls(**data)
         except TypeError as e:
             raise SslpipeError(f"manifest {path} has unexpected or missing keys: {e}") from e
+        for number, shard in enumerate(manifest.shards):
+            missing = SHARD_KEYS - set(shard) if isinstance(shard, dict) else SHARD_KEYS
+            if missing:
+                raise SslpipeError(f"manifest {path}: shard {number} lacks {', '.join(sorted(missing))}")
+        for number, entry in enumerate(manifest.classes):
+            valid = isinstance(entry, dict) and manifest.class_field in entry
+            if not valid or entry.get("index") != number:
+                raise SslpipeError(f"manifest {path}: class {number} must be "
+                                   f"{{\"index\": {number}, \"{manifest.class_field}\": ...}}")
+        return manifest
 
 
 def write_atomic(path: Path, text: str) -> None:

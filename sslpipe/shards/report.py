@@ -16,7 +16,9 @@ def conversion_summary(result: ConvertResult, out: Path, workers: int) -> str:
     if m.shards:
         first, last = m.shards[0]["name"], m.shards[-1]["name"]
         pattern = first if first == last else f"{m.split}-{{{first[-10:-4]}..{last[-10:-4]}}}.tar"
+        empty = t.get("per_class", []).count(0)
         classes = f"{len(m.classes)} classes" if m.labelled else "unlabeled"
+        classes += f" ({empty} without samples)" if empty else ""
         lines.append(f"  shards    {Path(out) / pattern}: {len(m.shards)} shards, "
                      f"{_size(t['bytes'])}, {classes}")
     reencoded = sum(t["reencoded"].values())

@@ -38,18 +38,23 @@ def existing_conversion(out: Path, split: str, header: dict) -> Manifest | list[
             if not path.is_file() or path.stat().st_size != shard["bytes"]:
                 raise SslpipeError(f"{path} is missing or has the wrong size; run `sslpipe verify {out}` "
                                    "or convert again with --overwrite")
+        partial_run.unlink(missing_ok=True)  # killed after writing the manifest, before this
         return manifest
     if partial_run.exists():
-        saved = json.loads(partial_run.read_text())
-        check_same(partial_run, saved["header"], header)
-        records = saved["shards"]
-        # Trust only shards on disk as recorded (the last one may have been killed before it
-        # was published).
-        for number, record in enumerate(records):
-            path = out / record["name"]
-            if not path.is_file() or path.stat().st_size != record["bytes"]:
-                return records[:number]
-        return records
+        try:
+            saved = json.loads(partial_run.read_text())
+            saved_header, records = saved["header"], saved["shards"]
+            check_same(partial_run, saved_header, header)
+            # Trust only shards on disk as recorded (the last one may have been killed before
+            # it was published).
+            for number, record in enumerate(records):
+                path = out / record["name"]
+                if not path.is_file() or path.stat().st_size != record["bytes"]:
+                    return records[:number]
+            return records
+        except (ValueError, KeyError, TypeError) as e:
+            raise SslpipeError(f"{partial_run} is damaged ({type(e).__name__}: {e}); delete it to "
+                               "convert this split from the start, or pass --overwrite") from e
     if any(split_files(out, split)):
         raise SslpipeError(f"{out} holds {split}-*.tar shards without a manifest or progress record; "
                            "choose another output folder or pass --overwrite")

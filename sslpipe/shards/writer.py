@@ -19,6 +19,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslpipe.shards.sources import MAX_KEY
+
 INDEX_VERSION = "v1.2"
 
 
@@ -53,8 +55,8 @@ class _HashingFile(io.RawIOBase):
 
 
 class ShardWriter:
-    """Collects samples into `directory/<name>.tar` + `.idx`; use `add`, then `commit` (or
-    `finish`, record the result, and `publish`).
+    """Collects samples into `directory/<name>.tar` + `.idx`: `add` them, `finish` the files under
+    their temporary names, record the returned ShardInfo, and `publish`.
 
     A sample is a key (no dots: readers split member names at the first dot) and a dict
     `{ext: bytes}` written in the given order.
@@ -68,7 +70,9 @@ class ShardWriter:
         self._tmp_idx = self.directory / f".{name}.idx.tmp"
         self._file = open(self._tmp_tar, "wb")
         self._stream = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._stream, mode="w")
+        # Plain ustar headers only (keys are short): readers that parse the tar themselves, DALI
+        # without an index among them, mishandle the extended headers of other formats.
+        self._tar = tarfile.open(fileobj=self._stream, mode="w", format=tarfile.USTAR_FORMAT)
         self._index_lines: list[str] = []
 
     @property
@@ -80,8 +84,9 @@ class ShardWriter:
         return self._stream.position
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        if "." in key or "/" in key or not key:
-            raise ValueError(f"invalid sample key {key!r}: must be non-empty, without '.' or '/'")
+        if "." in key or "/" in key or not key or len(key) > MAX_KEY:
+            raise ValueError(f"invalid sample key {key!r}: must be 1 to {MAX_KEY} characters, "
+                             "without '.' or '/'")
         entries = []
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -108,12 +113,6 @@ class ShardWriter:
         """Move the index, then the tar, to their final names."""
         os.replace(self._tmp_idx, self.idx_path)
         os.replace(self._tmp_tar, self.tar_path)
-
-    def commit(self) -> ShardInfo:
-        """`finish` and `publish`."""
-        info = self.finish()
-        self.publish()
-        return info
 
     def abort(self) -> None:
         """Drop the unfinished shard (used when conversion stops with an error)."""

@@ -87,18 +87,41 @@ def test_without_train_the_classes_come_from_the_label_files(imagenet_tree, imag
 
 
 def test_files_without_a_usable_label_are_rejected_with_the_reason(imagenet_copy):
-    root, description = imagenet_copy("classic")
-    (root / "val" / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not listed in the ground truth")
-    (root / "train" / "stray.JPEG").write_bytes(b"not in a class folder")
-    dropped = description["classes"][0]["wnid"]
-    shutil.rmtree(root / "train" / dropped)  # its val images now have an unknown class
+    root, description = imagenet_copy("kaggle")
+    base = root / "ILSVRC/Data/CLS-LOC"
+    (base / "val" / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"not listed in the solution")
+    (base / "train" / "stray.JPEG").write_bytes(b"not in a class folder")
+    (base / "train" / "n99999999").mkdir()
+    (base / "train" / "n99999999" / "x.JPEG").write_bytes(b"a folder the synset mapping does not list")
+    solution = root / "LOC_val_solution.csv"
+    lines = solution.read_text().splitlines()
+    relabelled = lines[1].split(",")[0]
+    lines[1] = f"{relabelled},n99999999 1 2 3 4"
+    solution.write_text("\n".join(lines) + "\n")
+
     train, val = imagenet_splits(root, ["train", "val"])
-    reasons = {r.relpath: r.reason for r in train.rejected + val.rejected}
-    assert reasons["val/ILSVRC2012_val_99999999.JPEG"] == "no_label"
-    assert reasons["train/stray.JPEG"] == "no_class"
-    unknown = {f["path"] for f in description["files"] if f["split"] == "val" and f["wnid"] == dropped}
-    assert unknown and all(reasons[path] == "unknown_class" for path in unknown)
+    reasons = {r.relpath.removeprefix("ILSVRC/Data/CLS-LOC/"): r.reason for r in train.rejected + val.rejected}
+    assert reasons == {"val/ILSVRC2012_val_99999999.JPEG": "no_label", "train/stray.JPEG": "no_class",
+                       "train/n99999999/x.JPEG": "unknown_class", f"val/{relabelled}.JPEG": "unknown_class"}
     assert val.found == sum(f["split"] == "val" for f in description["files"]) + 1
+
+
+@pytest.mark.parametrize("layout", ["classic", "kaggle"])
+def test_with_label_files_a_stray_or_missing_train_folder_shifts_no_label(imagenet_tree, imagenet_copy, layout):
+    reference = labels_by_key(imagenet_splits(imagenet_tree(layout)[0], ["val"])[0])
+    root, description = imagenet_copy(layout)
+    train = next(root.rglob("train"))
+    (train / "a_stray_folder").mkdir()
+    shutil.rmtree(train / description["classes"][-1]["wnid"])
+    (val,) = imagenet_splits(root, ["val"])
+    assert labels_by_key(val) == reference and len(val.classes) == len(description["classes"])
+
+
+def test_without_label_files_the_class_folders_are_the_classes(imagenet_copy):
+    root, _ = imagenet_copy("sorted")
+    (root / "train" / "a_stray_folder").mkdir()
+    (train,) = imagenet_splits(root, ["train"])
+    assert train.classes[0].id == "a_stray_folder" and len(train.classes) == 6
 
 
 def test_hidden_files_are_counted_not_found(imagenet_copy):

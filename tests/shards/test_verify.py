@@ -90,7 +90,8 @@ def rewrite_shard(shards, name, samples):
     writer = ShardWriter(shards, name)
     for key, members in samples:
         writer.add(key, members)
-    writer.commit()
+    writer.finish()
+    writer.publish()
 
 
 def test_bad_labels_and_missing_members(shards):

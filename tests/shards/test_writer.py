@@ -14,7 +14,9 @@ def write(directory, name="train-000000"):
     writer = ShardWriter(directory, name)
     for key, members in SAMPLES:
         writer.add(key, members)
-    return writer.commit()
+    info = writer.finish()
+    writer.publish()
+    return info
 
 
 def test_index_matches_dalis_own_indexer(tmp_path):
@@ -46,15 +48,17 @@ def test_same_samples_give_the_same_bytes(tmp_path):
     assert (tmp_path / "a" / first.name).read_bytes() == (tmp_path / "b" / second.name).read_bytes()
 
 
-def test_nothing_appears_under_the_final_name_before_commit(tmp_path):
+def test_nothing_appears_under_the_final_name_before_publish(tmp_path):
     writer = ShardWriter(tmp_path, "train-000000")
     writer.add(*SAMPLES[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".train-000000.tar.tmp"]
+    writer.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".train-000000.idx.tmp", ".train-000000.tar.tmp"]
     writer.abort()
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("key", ["a.b", "dir/a", ""])
+@pytest.mark.parametrize("key", ["a.b", "dir/a", "", "k" * 91])
 def test_keys_that_readers_would_split_wrongly_are_refused(tmp_path, key):
     writer = ShardWriter(tmp_path, "x")
     with pytest.raises(ValueError, match="invalid sample key"):
