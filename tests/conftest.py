@@ -9,14 +9,16 @@ from sslpipe.fixtures.imagenet import build_imagenet_fixture
 
 @pytest.fixture(scope="session")
 def imagenet_tree(tmp_path_factory):
-    """`imagenet_tree(layout)` -> (root, description); each layout is built once, never modify it."""
+    """`imagenet_tree(layout, **sizes)` -> (root, description), built once per session; never
+    modify it (see `imagenet_copy`)."""
     built = {}
 
-    def build(layout="classic"):
-        if layout not in built:
+    def build(layout="classic", **sizes):
+        name = (layout, *sorted(sizes.items()))
+        if name not in built:
             root = tmp_path_factory.mktemp(f"imagenet-{layout}") / "root"
-            built[layout] = root, build_imagenet_fixture(root, layout=layout)
-        return built[layout]
+            built[name] = root, build_imagenet_fixture(root, layout=layout, **sizes)
+        return built[name]
 
     return build
 

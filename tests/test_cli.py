@@ -1,7 +1,10 @@
+import json
 import subprocess
 import sys
+import tarfile
 
 import pytest
+from PIL import Image
 
 
 def sslpipe(*args, cwd=None):
@@ -51,3 +54,16 @@ def test_all_files_rejected_is_an_error_after_listing_them(tmp_path):
     done = sslpipe("convert", "folder", tmp_path / "src", tmp_path / "out", "--quiet")
     assert done.returncode == 2 and "every file was rejected" in done.stderr
     assert '"reason": "empty"' in (tmp_path / "out" / "train.rejected.jsonl").read_text()
+
+
+def test_downscaling_options_reach_the_converter(imagenet_tree, tmp_path):
+    root, _ = imagenet_tree("classic")
+    done = sslpipe("convert", "folder", root / "val", tmp_path, "--split", "val", "--short-side", "200",
+                   "--max-side", "250", "--quality", "80", "--workers", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "re-encoded 22 (mode:CMYK 1, resized 21)" in done.stdout
+    manifest = json.loads((tmp_path / "val.manifest.json").read_text())
+    assert manifest["options"]["image"] == {"baseline": False, "max_side": 250, "quality": 80, "short_side": 200}
+    with tarfile.open(tmp_path / "val-000000.tar") as tar:
+        image = Image.open(tar.extractfile(next(m for m in tar if m.name.endswith(".jpg"))))
+        assert min(image.size) <= 200 and max(image.size) <= 250

@@ -96,9 +96,10 @@ def _section(rows, source_mb, args) -> str:
         f"Train split of the ImageNet-like fixture: {rows[0][1]:,} files ({source_mb:,.0f} MB of "
         "~90 KB real-photo JPEGs, 6 classes, plus the quirks: CMYK, PNG, grayscale, progressive, "
         "truncated, empty, not-an-image), default options (shards of 1000 samples / 256 MiB). "
-        "`convert` reads, fully decodes and checks every file, re-encodes the few that need it "
-        "and writes shards + indexes; `verify` re-reads everything, checks sha256 and decodes every "
-        "image with DALI's CPU decoder (threads = workers). Best of "
+        "`convert` reads every file, decodes it fully with Pillow, decodes what it will write again "
+        "with DALI's CPU decoder, re-encodes the few that need it, and writes shards + indexes; "
+        "`verify` re-reads everything, checks sha256 and decodes every image with DALI's CPU "
+        "decoder (threads = workers). Best of "
         f"{args.repeats} runs.",
         "",
         _table(rows, source_mb),

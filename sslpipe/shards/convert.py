@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import re
 import signal
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
@@ -35,7 +37,13 @@ from sslpipe.errors import SslpipeError
 from sslpipe.shards.decode_check import DaliDecodeCheck
 from sslpipe.shards.images import ImagePolicy, Prepared, Rejected, prepare_bytes, prepare_image
 from sslpipe.shards.manifest import Manifest, manifest_path, progress_path, rejected_path, write_atomic
-from sslpipe.shards.resume import existing_conversion, remove_split, remove_uncommitted, writable_folder
+from sslpipe.shards.resume import (
+    existing_conversion,
+    remove_split,
+    remove_temporary,
+    remove_uncommitted,
+    writable_folder,
+)
 from sslpipe.shards.sources import Rejection, SourceFile, SplitSource
 from sslpipe.shards.writer import ShardWriter
 
@@ -183,8 +191,10 @@ class _ShardSequence:
         return self.segment
 
     def abort(self) -> None:
+        """Drop the unfinished shard. Found by name: an interrupt may come while it is created."""
         if self.writer is not None:
             self.writer.abort()
+        remove_temporary(self.out, self.split)
 
     def save(self) -> None:
         write_atomic(progress_path(self.out, self.split),
@@ -237,7 +247,7 @@ def _prepare_in_order(paths: list[Path], policy: ImagePolicy, workers: int, chun
         return
     # spawn: forking a process that runs threads (tqdm's monitor, DALI's) is unsafe.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_sigint)
+                               initializer=_start_worker, initargs=(os.getpid(),))
     try:
         pending = deque(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 4 * workers))
         while pending:
@@ -275,9 +285,18 @@ def _dali_decoder() -> DaliDecodeCheck:
     return DaliDecodeCheck(threads=1)
 
 
-def _ignore_sigint():
+def _start_worker(parent: int) -> None:
     # Ctrl-C is handled by the main process, which stops the pool; workers stay quiet.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker waits for work on a pipe that it holds open itself, so it would outlive a killed
+    # main process (kill -9, the out-of-memory killer) for ever: watch the parent instead.
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _sample_members(file: SourceFile, prepared: Prepared, class_field: str) -> dict[str, bytes]:

@@ -91,6 +91,12 @@ def remove_uncommitted(out: Path, split: str, committed: int) -> None:
             path.unlink()
 
 
+def remove_temporary(out: Path, split: str) -> None:
+    for path, _, temporary in list(split_files(out, split)):
+        if temporary:
+            path.unlink(missing_ok=True)
+
+
 def remove_split(out: Path, split: str) -> None:
     for path, _, _ in list(split_files(out, split)):
         path.unlink()

@@ -52,3 +52,32 @@ def test_missing_or_empty_source(tmp_path):
     (tmp_path / "empty" / "class").mkdir(parents=True)
     with pytest.raises(SslpipeError, match="no images found"):
         folder_split(tmp_path / "empty")
+
+
+def test_symlinked_class_folders_and_files_are_followed(tmp_path):
+    touch(tmp_path / "store", "cats/1.jpg", "cats/2.jpg", "dog.jpg")
+    (tmp_path / "src" / "dog").mkdir(parents=True)
+    (tmp_path / "src" / "cat").symlink_to(tmp_path / "store" / "cats")
+    (tmp_path / "src" / "dog" / "1.jpg").symlink_to(tmp_path / "store" / "dog.jpg")
+    source = folder_split(tmp_path / "src")
+    assert sorted((f.relpath, f.label) for f in source.files) == [
+        ("cat/1.jpg", 0), ("cat/2.jpg", 0), ("dog/1.jpg", 1)]
+
+
+def test_a_symlink_loop_is_an_error_not_an_endless_walk(tmp_path):
+    touch(tmp_path, "a/1.jpg")
+    (tmp_path / "a" / "again").symlink_to(tmp_path / "a")
+    with pytest.raises(SslpipeError, match="is the folder .*a again .*symbolic link"):
+        folder_split(tmp_path)
+
+
+def test_names_in_any_script_get_distinct_keys(tmp_path):
+    touch(tmp_path, "猫/1.jpg", "犬/1.jpg", "café/x y.jpg")
+    keys = {f.relpath: f.key for f in folder_split(tmp_path).files}
+    assert keys == {"猫/1.jpg": "u732b_1", "犬/1.jpg": "u72ac_1", "café/x y.jpg": "cafue9_x_y"}
+
+
+def test_overlong_names_get_short_distinct_keys(tmp_path):
+    touch(tmp_path, "a" * 120 + "1.jpg", "a" * 120 + "2.jpg")
+    keys = [f.key for f in folder_split(tmp_path).files]
+    assert len(set(keys)) == 2 and all(len(key) == 90 for key in keys)

@@ -95,3 +95,33 @@ def test_reencoding_applies_the_exif_orientation_that_decoders_would_apply():
     out = io.BytesIO()
     Image.fromarray(PHOTO).convert("CMYK").save(out, "JPEG", exif=exif)
     assert decoded(prepare_bytes(out.getvalue(), ImagePolicy())).size == (300, 400)
+
+
+def test_16_bit_grayscale_keeps_its_tones():
+    ramp = np.linspace(0, 65535, 400, dtype=np.uint16)[None, :].repeat(300, 0)
+    out = io.BytesIO()
+    Image.fromarray(ramp).save(out, "PNG")
+    result = prepare_bytes(out.getvalue(), ImagePolicy(quality=100))
+    pixels = np.asarray(decoded(result))[..., 0].astype(int)
+    assert result.reencoded == "format:PNG"
+    assert abs(pixels[0, 200] - 128) <= 2 and pixels[0, 0] <= 2 and pixels[0, -1] >= 253  # not clipped
+
+
+def test_floating_point_images_are_rejected():
+    out = io.BytesIO()
+    Image.fromarray(PHOTO[..., 0].astype(np.float32)).save(out, "TIFF")
+    assert prepare_bytes(out.getvalue(), ImagePolicy()).reason == "unsupported"
+
+
+def test_an_image_too_wide_for_jpeg_is_rejected_not_a_crash():
+    out = io.BytesIO()
+    Image.new("L", (70_000, 1)).save(out, "PNG")
+    result = prepare_bytes(out.getvalue(), ImagePolicy())
+    assert result.reason == "unsupported" and "cannot re-encode as JPEG" in result.detail
+
+
+def test_camera_mpo_jpegs_keep_their_bytes():
+    out = io.BytesIO()
+    frames = [Image.fromarray(PHOTO), Image.fromarray(PHOTO[::-1])]
+    frames[0].save(out, "MPO", save_all=True, append_images=frames[1:])
+    assert prepare_bytes(out.getvalue(), ImagePolicy()) == Prepared(out.getvalue())
