@@ -100,7 +100,10 @@ def _section(rows, source_mb, args) -> str:
         "with DALI's CPU decoder, re-encodes the few that need it, and writes shards + indexes; "
         "`verify` re-reads everything, checks sha256 and decodes every image with DALI's CPU "
         "decoder (threads = workers). Best of "
-        f"{args.repeats} runs.",
+        f"{args.repeats} runs. With N > 1 workers, N processes are started (spawn, importing "
+        "Pillow and DALI: about a second) and share the cores with the main process, which "
+        "writes and hashes the shards; on a 2-core machine and a set this small, that caps the "
+        "gain of the second worker.",
         "",
         _table(rows, source_mb),
         "",

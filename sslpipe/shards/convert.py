@@ -265,16 +265,18 @@ def _prepare_in_order(paths: list[Path], policy: ImagePolicy, workers: int, chun
 def _prepare_chunk(paths: list[Path], policy: ImagePolicy) -> list[Prepared | Rejected]:
     """`prepare_image` for each path; then DALI decodes every JPEG to be written, as training will.
 
-    What Pillow reads but DALI does not is re-encoded from Pillow's decode, or rejected.
+    That decode is the pixel check of the JPEGs kept as they are (one decode per image, not
+    two). What DALI refuses goes through Pillow's full decode: rejected when that fails too
+    (truncated, corrupt), else re-encoded from Pillow's pixels.
     """
-    results = [prepare_image(path, policy) for path in paths]
+    results = [prepare_image(path, policy, check_pixels=False) for path in paths]
     written = [(i, r.jpeg) for i, r in enumerate(results) if isinstance(r, Prepared)]
     for i, error in _dali_decoder().check(written):
         fallback = Rejected("undecodable", f"DALI's decoder fails on it: {error}")
         if not results[i].reencoded:
-            reencoded = prepare_bytes(results[i].jpeg, policy, force="dali_decode")
-            if isinstance(reencoded, Prepared) and not _dali_decoder().check([(i, reencoded.jpeg)]):
-                fallback = reencoded
+            fallback = prepare_bytes(results[i].jpeg, policy, force="dali_decode")
+            if isinstance(fallback, Prepared) and _dali_decoder().check([(i, fallback.jpeg)]):
+                fallback = Rejected("undecodable", f"DALI's decoder fails on it, even re-encoded: {error}")
         results[i] = fallback
     return results
 

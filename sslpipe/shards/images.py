@@ -5,8 +5,9 @@ decoder handles baseline JPEG only. So: baseline RGB/grayscale JPEGs keep their 
 (no generation loss); CMYK JPEGs, other formats behind a `.JPEG` name (ImageNet's n02105855_2933
 is a PNG), 16-bit images and, when asked, progressive JPEGs are re-encoded as baseline RGB JPEG.
 Files that do not fully decode (empty, truncated, not an image) are rejected with a reason, never
-written. The converter then decodes what it will write with DALI itself (`convert.py`) and
-re-encodes here whatever Pillow reads but DALI does not.
+written. The converter decodes what it will write with DALI itself (`convert.py`), so for the
+kept JPEGs that DALI decode is the check, and Pillow decodes only those DALI refuses: truncated
+ones are then rejected, the others re-encoded from Pillow's pixels.
 """
 
 from __future__ import annotations
@@ -49,23 +50,33 @@ class Rejected:
     detail: str
 
 
-def prepare_image(path: Path, policy: ImagePolicy) -> Prepared | Rejected:
-    """Read one source file and return what to write for it, or why it is rejected."""
+def prepare_image(path: Path, policy: ImagePolicy, check_pixels: bool = True) -> Prepared | Rejected:
+    """Read one source file and return what to write for it, or why it is rejected.
+
+    `check_pixels=False` skips the full decode of JPEGs whose bytes are kept (their headers are
+    still read): for a caller that decodes them next anyway, as the converter does with DALI.
+    """
     try:
         data = path.read_bytes()
     except OSError as e:
         return Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}")
-    return prepare_bytes(data, policy)
+    return prepare_bytes(data, policy, check_pixels=check_pixels)
 
 
-def prepare_bytes(data: bytes, policy: ImagePolicy, force: str = "") -> Prepared | Rejected:
+def prepare_bytes(data: bytes, policy: ImagePolicy, force: str = "",
+                  check_pixels: bool = True) -> Prepared | Rejected:
     """Like `prepare_image`, for bytes in memory; `force` re-encodes for that reason in any case."""
     if not data:
         return Rejected("empty", "zero-byte file")
-    image = _decode(data)
+    image = _open(data)
     if isinstance(image, Rejected):
         return image
     why = force or _reencode_reason(image, policy)
+    if not why and not check_pixels:
+        return Prepared(data)
+    problem = _load(image)
+    if problem:
+        return problem
     if not why:
         return Prepared(data)
     try:
@@ -74,23 +85,34 @@ def prepare_bytes(data: bytes, policy: ImagePolicy, force: str = "") -> Prepared
         return Rejected("unsupported", f"cannot re-encode as JPEG ({why}): {type(e).__name__}: {e}")
 
 
-def _decode(data: bytes) -> Image.Image | Rejected:
+def _open(data: bytes) -> Image.Image | Rejected:
+    """The image with its header read (format, mode, size), pixels not yet decoded."""
     with warnings.catch_warnings():
         # Pillow warns (rather than fails) on some oddities; keep the progress bar clean.
         warnings.simplefilter("ignore")
         try:
             image = Image.open(io.BytesIO(data))
-            image.load()  # a full decode: truncated or corrupt data raises here
         except UnidentifiedImageError:
             return Rejected("not_image", "not a recognised image format")
         except Image.DecompressionBombError as e:
             return Rejected("too_large", str(e))
         except (OSError, SyntaxError, ValueError) as e:
-            reason = "truncated" if "truncated" in str(e) else "corrupt"
-            return Rejected(reason, f"{type(e).__name__}: {e}")
+            return Rejected("corrupt", f"{type(e).__name__}: {e}")
     if image.mode == "F":
         return Rejected("unsupported", "floating-point pixels have no defined 8-bit range")
     return image
+
+
+def _load(image: Image.Image) -> Rejected | None:
+    """Decode the pixels; truncated or corrupt data fails here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            reason = "truncated" if "truncated" in str(e) else "corrupt"
+            return Rejected(reason, f"{type(e).__name__}: {e}")
+    return None
 
 
 def _reencode_reason(image: Image.Image, policy: ImagePolicy) -> str:
