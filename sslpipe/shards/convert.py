@@ -1,6 +1,6 @@
 """Convert one split of a dataset into shuffled, indexed WebDataset shards.
 
-    files --sort by key, shuffle(seed)--> plan --prepare_image (N workers, in order)--> shards
+    files --sort by key, shuffle(seed)--> plan --prepare_in_order (N workers)--> shards
 
 DALI's reader shuffles only inside a small buffer while it reads the tars in sequence, so the
 global shuffle happens here. Samples fill the shards in plan order; each shard is written under
@@ -14,28 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
 import random
 import re
-import signal
-import threading
 import time
-from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from functools import cache
-from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
 
 from sslpipe import __version__
 from sslpipe.errors import SslpipeError
-from sslpipe.shards.decode_check import DaliDecodeCheck
-from sslpipe.shards.images import ImagePolicy, Prepared, Rejected, prepare_bytes, prepare_image
+from sslpipe.shards.images import ImagePolicy, Prepared
 from sslpipe.shards.manifest import Manifest, manifest_path, progress_path, rejected_path, write_atomic
 from sslpipe.shards.resume import (
     existing_conversion,
@@ -45,6 +36,7 @@ from sslpipe.shards.resume import (
     writable_folder,
 )
 from sslpipe.shards.sources import Rejection, SourceFile, SplitSource
+from sslpipe.shards.workers import prepare_in_order
 from sslpipe.shards.writer import ShardWriter
 
 
@@ -132,7 +124,7 @@ def convert_split(source: SplitSource, out: Path, options: ConvertOptions = Conv
     bar = tqdm(total=len(plan), initial=shards.plan_end, unit="img", desc=f"converting {split}",
                disable=not progress, dynamic_ncols=True)
     try:
-        with closing(_prepare_in_order([f.path for f in todo], options.image, workers)) as results:
+        with closing(prepare_in_order([f.path for f in todo], options.image, workers)) as results:
             for position, (file, result) in enumerate(zip(todo, results), start=shards.plan_end):
                 if isinstance(result, Prepared):
                     shards.add(position, file, _sample_members(file, result, source.class_field),
@@ -232,73 +224,6 @@ def fingerprint(plan: list[SourceFile]) -> str:
         # surrogateescape: file names that are not valid UTF-8 still identify their file.
         digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-def _prepare_in_order(paths: list[Path], policy: ImagePolicy, workers: int, chunk: int = 16):
-    """Yield `_prepare_chunk` results in the order of `paths`, computed by `workers` processes.
-
-    Paths travel in chunks (one message per image costs as much as decoding it), and only a
-    window of chunks is in flight, so results cannot pile up in memory behind a slow disk.
-    """
-    chunks = (paths[i:i + chunk] for i in range(0, len(paths), chunk))
-    if workers <= 1:
-        for paths_chunk in chunks:
-            yield from _prepare_chunk(paths_chunk, policy)
-        return
-    # spawn: forking a process that runs threads (tqdm's monitor, DALI's) is unsafe.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(os.getpid(),))
-    try:
-        pending = deque(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 4 * workers))
-        while pending:
-            try:
-                results = pending.popleft().result()
-            except BrokenProcessPool:
-                raise SslpipeError("a worker process died (out of memory? killed?); the complete shards "
-                                   "are kept: re-run the same command to resume") from None
-            pending.extend(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 1))
-            yield from results
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _prepare_chunk(paths: list[Path], policy: ImagePolicy) -> list[Prepared | Rejected]:
-    """`prepare_image` for each path; then DALI decodes every JPEG to be written, as training will.
-
-    That decode is the pixel check of the JPEGs kept as they are (one decode per image, not
-    two). What DALI refuses goes through Pillow's full decode: rejected when that fails too
-    (truncated, corrupt), else re-encoded from Pillow's pixels.
-    """
-    results = [prepare_image(path, policy, check_pixels=False) for path in paths]
-    written = [(i, r.jpeg) for i, r in enumerate(results) if isinstance(r, Prepared)]
-    for i, error in _dali_decoder().check(written):
-        fallback = Rejected("undecodable", f"DALI's decoder fails on it: {error}")
-        if not results[i].reencoded:
-            fallback = prepare_bytes(results[i].jpeg, policy, force="dali_decode")
-            if isinstance(fallback, Prepared) and _dali_decoder().check([(i, fallback.jpeg)]):
-                fallback = Rejected("undecodable", f"DALI's decoder fails on it, even re-encoded: {error}")
-        results[i] = fallback
-    return results
-
-
-@cache
-def _dali_decoder() -> DaliDecodeCheck:
-    # One single-threaded DALI pipeline per process: the processes are the parallelism.
-    return DaliDecodeCheck(threads=1)
-
-
-def _start_worker(parent: int) -> None:
-    # Ctrl-C is handled by the main process, which stops the pool; workers stay quiet.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker waits for work on a pipe that it holds open itself, so it would outlive a killed
-    # main process (kill -9, the out-of-memory killer) for ever: watch the parent instead.
-    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
-
-
-def _exit_without(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def _sample_members(file: SourceFile, prepared: Prepared, class_field: str) -> dict[str, bytes]:
