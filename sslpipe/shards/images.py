@@ -72,7 +72,9 @@ def prepare_bytes(data: bytes, policy: ImagePolicy, force: str = "",
     if isinstance(image, Rejected):
         return image
     why = force or _reencode_reason(image, policy)
-    if not why and not check_pixels:
+    # A JPEG without its end-of-image marker is most likely truncated: Pillow checks it (quietly)
+    # rather than DALI, which would log an error for it.
+    if not why and not check_pixels and data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return Prepared(data)
     problem = _load(image)
     if problem:
