@@ -12,14 +12,15 @@ from sslpipe.shards.verify import SplitReport
 def conversion_summary(result: ConvertResult, out: Path, workers: int) -> str:
     m, t = result.manifest, result.manifest.totals
     lines = [f"{m.split}: found {t['found']:,} = written {t['written']:,} + rejected {t['rejected']:,}"
-             + (f"   ({t['hidden_ignored']} hidden files ignored)" if t["hidden_ignored"] else "")]
+             + (f"   ({_plural(t['hidden_ignored'], 'hidden entry', 'hidden entries')} ignored)"
+                if t["hidden_ignored"] else "")]
     if m.shards:
         first, last = m.shards[0]["name"], m.shards[-1]["name"]
         pattern = first if first == last else f"{m.split}-{{{first[-10:-4]}..{last[-10:-4]}}}.tar"
         empty = t.get("per_class", []).count(0)
         classes = f"{len(m.classes)} classes" if m.labelled else "unlabeled"
         classes += f" ({empty} without samples)" if empty else ""
-        lines.append(f"  shards    {Path(out) / pattern}: {len(m.shards)} shards, "
+        lines.append(f"  shards    {Path(out) / pattern}: {_plural(len(m.shards), 'shard')}, "
                      f"{_size(t['bytes'])}, {classes}")
     reencoded = sum(t["reencoded"].values())
     lines.append(f"  images    kept {t['kept']:,} original JPEGs; re-encoded {reencoded:,}"
@@ -39,12 +40,16 @@ def verify_summary(reports: list[SplitReport], max_problems: int = 50) -> str:
     lines = []
     for r in reports:
         status = "OK" if r.ok else f"{len(r.problems)} problems"
-        lines.append(f"{r.split}: {r.shards} shards, {r.samples:,} samples, {_size(r.bytes)}, "
+        lines.append(f"{r.split}: {_plural(r.shards, 'shard')}, {r.samples:,} samples, {_size(r.bytes)}, "
                      f"{r.decoded:,} images decoded by DALI: {status}")
         lines += [f"  {p}" for p in r.problems[:max_problems]]
         if len(r.problems) > max_problems:
             lines.append(f"  ... and {len(r.problems) - max_problems} more")
     return "\n".join(lines)
+
+
+def _plural(n: int, one: str, many: str = "") -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def _counts(counts: dict) -> str:
