@@ -63,7 +63,8 @@ def test_downscaling_options_reach_the_converter(imagenet_tree, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "re-encoded 22 (mode:CMYK 1, resized 21)" in done.stdout
     manifest = json.loads((tmp_path / "val.manifest.json").read_text())
-    assert manifest["options"]["image"] == {"baseline": False, "max_side": 250, "quality": 80, "short_side": 200}
+    assert manifest["options"]["image"] == {"baseline": False, "max_side": 250, "quality": 80,
+                                            "short_side": 200}
     with tarfile.open(tmp_path / "val-000000.tar") as tar:
         image = Image.open(tar.extractfile(next(m for m in tar if m.name.endswith(".jpg"))))
         assert min(image.size) <= 200 and max(image.size) <= 250

@@ -38,13 +38,12 @@ def prepare_in_order(paths: list[Path], policy: ImagePolicy, workers: int, chunk
     try:
         pending = deque(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 4 * workers))
         while pending:
-            try:
-                results = pending.popleft().result()
-            except BrokenProcessPool:
-                raise SslpipeError("a worker process died (out of memory? killed?); the complete shards "
-                                   "are kept: re-run the same command to resume") from None
+            results = pending.popleft().result()
             pending.extend(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 1))
             yield from results
+    except BrokenProcessPool:  # from result() or submit(), whichever notices first
+        raise SslpipeError("a worker process died (out of memory? killed?); the complete shards "
+                           "are kept: re-run the same command to resume") from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

@@ -100,14 +100,16 @@ def test_files_without_a_usable_label_are_rejected_with_the_reason(imagenet_copy
     solution.write_text("\n".join(lines) + "\n")
 
     train, val = imagenet_splits(root, ["train", "val"])
-    reasons = {r.relpath.removeprefix("ILSVRC/Data/CLS-LOC/"): r.reason for r in train.rejected + val.rejected}
+    rejected = train.rejected + val.rejected
+    reasons = {r.relpath.removeprefix("ILSVRC/Data/CLS-LOC/"): r.reason for r in rejected}
     assert reasons == {"val/ILSVRC2012_val_99999999.JPEG": "no_label", "train/stray.JPEG": "no_class",
                        "train/n99999999/x.JPEG": "unknown_class", f"val/{relabelled}.JPEG": "unknown_class"}
     assert val.found == sum(f["split"] == "val" for f in description["files"]) + 1
 
 
 @pytest.mark.parametrize("layout", ["classic", "kaggle"])
-def test_with_label_files_a_stray_or_missing_train_folder_shifts_no_label(imagenet_tree, imagenet_copy, layout):
+def test_a_stray_or_missing_train_folder_shifts_no_label(imagenet_tree, imagenet_copy, layout):
+    """With label files, the class list comes from them, not from train/'s folders."""
     reference = labels_by_key(imagenet_splits(imagenet_tree(layout)[0], ["val"])[0])
     root, description = imagenet_copy(layout)
     train = next(root.rglob("train"))

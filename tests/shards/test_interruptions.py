@@ -123,7 +123,8 @@ def test_a_crash_between_recording_and_publishing_a_shard(root, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         convert_split(train, tmp_path / "out", options, progress=False)
     monkeypatch.undo()
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
+    published = sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
+    assert published == ["train-000000.tar", "train-000001.tar"]
     result = convert_split(train, tmp_path / "out", options, progress=False)
     assert result.resumed_from == 2 and result.processed < train.found
     assert folder_bytes(tmp_path / "out") == folder_bytes(tmp_path / "reference")
