@@ -1,0 +1,100 @@
+"""Pipeline specs: the shipped YAMLs carry REFERENCE.md's values; bad specs name file and key."""
+
+import pytest
+
+from sslpipe.errors import SslpipeError
+from sslpipe.pipeline.spec import SHIPPED, Blur, ColorJitter, load_spec, parse_spec
+
+SHIPPED_NAMES = ["simclr", "mocov2", "byol", "swav_multicrop", "eval"]
+
+
+def test_every_shipped_spec_loads_and_none_is_missing():
+    assert sorted(p.stem for p in SHIPPED.glob("*.yaml")) == sorted(SHIPPED_NAMES)
+    for name in SHIPPED_NAMES:
+        spec = load_spec(name)
+        assert spec.name == name and spec.source.endswith(f"{name}.yaml")
+        assert load_spec(SHIPPED / f"{name}.yaml") == spec
+
+
+def test_shipped_values_follow_the_reference_table():
+    simclr = load_spec("simclr")
+    (view,) = simclr.groups
+    assert (view.count, view.size, view.scale, view.flip, view.grayscale) == (2, 224, (0.08, 1.0), 0.5, 0.2)
+    assert view.color_jitter == ColorJitter(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+    assert view.blur == Blur(p=0.5, sigma=(0.1, 2.0)) and view.blur_kernel == 23 and view.solarize is None
+
+    (moco,) = load_spec("mocov2").groups
+    assert moco.scale == (0.2, 1.0)
+    assert moco.color_jitter == ColorJitter(p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+
+    byol = load_spec("byol")
+    one, two = byol.groups
+    assert (one.blur.p, two.blur.p) == (1.0, 0.1)
+    assert one.solarize is None and (two.solarize.p, two.solarize.threshold) == (0.2, 0.5)
+    assert one.color_jitter == two.color_jitter == ColorJitter(0.8, 0.4, 0.4, 0.2, 0.1)
+    assert one.interpolation == two.interpolation == "bicubic"
+
+    swav = load_spec("swav_multicrop")
+    assert [(g.count, g.size, g.scale) for g in swav.groups] == [(2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14))]
+    assert [v.size for v in swav.views] == [224] * 2 + [96] * 6
+    assert swav.groups[1].blur_kernel == 9  # about 10% of 96, odd
+
+    (center,) = load_spec("eval").groups
+    assert (center.crop, center.resize_to, center.size, center.flip) == ("center", 256, 224, 0.0)
+    assert center.color_jitter is None and center.blur is None and not load_spec("eval").random
+    for spec in map(load_spec, SHIPPED_NAMES):
+        assert all(v.normalize.mean == (0.485, 0.456, 0.406) for v in spec.views)
+        assert all(v.ratio == pytest.approx((3 / 4, 4 / 3)) for v in spec.views)
+
+
+def view(**extra):
+    return {"views": [{"name": "v", "size": 32, **extra}]}
+
+
+@pytest.mark.parametrize("data, message", [
+    (view(huee=1), "views[0].huee: unknown key"),
+    (view(color_jitter={"huee": 0.1}), "views[0].color_jitter.huee: unknown key"),
+    (view(scale=[0.0, 1.0]), "scale must be"),
+    (view(scale=[0.5, 1.5]), "scale must be"),
+    (view(scale=[0.9, 0.2]), "scale must be"),
+    (view(flip=1.5), "flip must be a probability"),
+    (view(grayscale=-0.1), "grayscale must be a probability"),
+    (view(color_jitter={"p": 2}), "views[0].color_jitter: p must be a probability"),
+    (view(color_jitter={"hue": 0.7}), "hue must be in [0, 0.5]"),
+    (view(blur={"kernel_size": 4}), "kernel_size must be a positive odd number"),
+    (view(blur={"sigma": [0, 1]}), "sigma must be"),
+    (view(solarize={"threshold": 2}), "threshold must be a probability"),
+    (view(normalize={"std": [1, 0, 1]}), "std must be > 0"),
+    (view(size="big"), "views[0].size: expected an integer"),
+    (view(scale=0.5), "views[0].scale: expected a list of 2 numbers"),
+    (view(crop="middle"), "views[0].crop: expected one of random, center"),
+    (view(count=0), "count must be >= 1"),
+    (view(crop="center", resize=16), "resize (16) must be >= size (32)"),
+    ({"views": [{"size": 32}]}, "views[0].name: required"),
+    ({"views": []}, "at least one view"),
+    ({"views": [{"name": "a", "size": 8}, {"name": "a", "size": 8}]}, "view names must be unique"),
+    ({"view": []}, "unknown key 'view'"),
+    ([1, 2], "a mapping with 'name' and 'views'"),
+])
+def test_bad_specs_name_the_file_and_key(data, message):
+    with pytest.raises(SslpipeError) as error:
+        parse_spec(data, "my.yaml")
+    assert str(error.value).startswith("my.yaml: ") and message in str(error.value)
+
+
+def test_switches_and_defaults():
+    spec = parse_spec(view(blur=True, solarize=False, color_jitter=None), "x.yaml")
+    (v,) = spec.groups
+    assert v.blur == Blur() and v.solarize is None and v.color_jitter is None and spec.name == "x"
+    assert v.blur_kernel == 3  # never below 3 for small views
+
+
+def test_spec_file_errors(tmp_path):
+    with pytest.raises(SslpipeError, match="no pipeline spec named 'simclrr'.*simclr"):
+        load_spec("simclrr")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("views: [\n")
+    with pytest.raises(SslpipeError, match="bad.yaml: not valid YAML"):
+        load_spec(bad)
+    with pytest.raises(SslpipeError, match="missing.yaml: cannot read"):
+        load_spec(tmp_path / "missing.yaml")
