@@ -30,7 +30,7 @@ class DaliDecodeCheck:
                         failures += self._check_shapes([(key, data)], self._decode([(key, data)]))
                     except RuntimeError as e:
                         self._pipe = None
-                        failures.append((key, _first_reason(str(e))))
+                        failures.append((key, first_reason(str(e))))
         return failures
 
     def _decode(self, batch):
@@ -59,7 +59,7 @@ class DaliDecodeCheck:
         return pipe
 
 
-def _first_reason(message: str) -> str:
+def first_reason(message: str) -> str:
     """DALI's error text is long (pipeline traceback); keep the line that says what failed."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     for marker in ("Failed to decode", "nvImageCodec failure", "Error"):

@@ -1,0 +1,113 @@
+"""The DALI stage: read the shards, decode each JPEG, take every view's crop and flip.
+
+One pipeline reads one epoch of one rank: the loader builds a new one per epoch with that
+epoch's shard order, so an epoch always starts at the beginning of the rank's samples (a reader
+that loops on its own drifts by the dropped remainder each epoch) and DALI's random state is a
+function of (seed, epoch, rank). Its outputs, per batch: one uint8 HxWx3 tensor list per view
+(on the GPU for `device="gpu"`), the raw `.cls` bytes and each sample's source
+(`shard.tar:offset:key.jpg`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sslpipe.pipeline.spec import PipelineSpec, ViewSpec
+
+DecodeMode = Literal["once", "roi"]
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """Settings of DALI's `mixed` (GPU) JPEG decoder; the CPU decoder ignores them.
+
+    `hw_decoder_load` is the share of images sent to the hardware JPEG decoder (A100/H100) rather
+    than the CUDA one; the hints preallocate its buffers for images up to that size, and the
+    paddings grow device and pinned host buffers in steps to avoid reallocations.
+    """
+
+    hw_decoder_load: float = 0.9
+    preallocate_width_hint: int = 0
+    preallocate_height_hint: int = 0
+    device_memory_padding: int = 16 << 20
+    host_memory_padding: int = 8 << 20
+
+    def __post_init__(self):
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one rank's pipeline reads in one epoch."""
+
+    tars: tuple[str, ...]      # this epoch's shard order (the same on every rank)
+    indexes: tuple[str, ...]
+    rank: int
+    world_size: int
+    shuffle: bool              # shuffle samples inside a buffer of `shuffle_buffer`
+    shuffle_buffer: int
+    seed: int                  # DALI's seed for this (seed, epoch, rank)
+
+
+def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device: Literal["cpu", "gpu"],
+                   device_id: int | None, num_threads: int, decode: DecodeMode = "once",
+                   decoder: DecoderOptions = DecoderOptions(), prefetch: int = 2,
+                   checkpoint: str | None = None):
+    """A built DALI pipeline (outputs: one per view in `spec.views` order, then labels, sources).
+
+    `decode="once"` decodes each image once and crops it per view; `"roi"` decodes only each
+    random view's region (`decoders.image_random_crop`), once per view. `checkpoint` (from
+    `pipeline.checkpoint()`) resumes a pipeline of the same plan where that one stood.
+    """
+    from nvidia.dali import fn, pipeline_def, types  # heavy import, only when a loader starts
+
+    interp = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR,
+              "bicubic": types.INTERP_CUBIC, "lanczos": types.INTERP_LANCZOS3}
+    decode_device = "mixed" if device == "gpu" else "cpu"
+    gpu_hints = dict(
+        hw_decoder_load=decoder.hw_decoder_load, preallocate_width_hint=decoder.preallocate_width_hint,
+        preallocate_height_hint=decoder.preallocate_height_hint,
+        device_memory_padding=decoder.device_memory_padding,
+        host_memory_padding=decoder.host_memory_padding) if device == "gpu" else {}
+
+    def crop(image, view: ViewSpec):
+        if view.crop == "center":
+            image = fn.resize(image, resize_shorter=view.resize_to, interp_type=interp[view.interpolation])
+            return fn.crop(image, crop=(view.size, view.size))
+        return fn.random_resized_crop(image, size=(view.size, view.size), random_area=view.scale,
+                                      random_aspect_ratio=view.ratio, interp_type=interp[view.interpolation])
+
+    def roi_view(jpegs, view: ViewSpec):
+        image = fn.decoders.image_random_crop(jpegs, device=decode_device, output_type=types.RGB,
+                                              random_area=view.scale, random_aspect_ratio=view.ratio,
+                                              **gpu_hints)
+        return fn.resize(image, size=(view.size, view.size), interp_type=interp[view.interpolation])
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=plan.seed,
+                  prefetch_queue_depth=prefetch, enable_checkpointing=True)
+    def epoch_pipeline():
+        jpegs, labels = fn.readers.webdataset(
+            paths=list(plan.tars), index_paths=list(plan.indexes), ext=["jpg", "cls"], name="reader",
+            shard_id=plan.rank, num_shards=plan.world_size, random_shuffle=plan.shuffle,
+            initial_fill=plan.shuffle_buffer, pad_last_batch=True, missing_component_behavior="error")
+        sources = fn.get_property(jpegs, key="source_info")
+        decoded = None
+        views = []
+        for view in spec.views:
+            if decode == "roi" and view.crop == "random":
+                image = roi_view(jpegs, view)
+            else:
+                if decoded is None:
+                    decoded = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB,
+                                                **gpu_hints)
+                image = crop(decoded, view)
+            if view.flip > 0:
+                image = fn.flip(image, horizontal=fn.random.coin_flip(probability=view.flip))
+            views.append(image)
+        return (*views, labels, sources)
+
+    pipe = epoch_pipeline(checkpoint=checkpoint) if checkpoint else epoch_pipeline()
+    pipe.build()
+    return pipe

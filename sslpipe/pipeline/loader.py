@@ -1,0 +1,262 @@
+"""The loader: batches of augmented views on the target device, for any PyTorch training loop.
+
+    loader = ViewLoader("simclr", "shards/train-*.tar", batch_size=256, device="cuda")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:               # batch.views: [ (256, 3, 224, 224) ] * 2
+            ...
+
+Stages, top to bottom: shard list (checked) -> DALI (read, decode, crop, flip; one pipeline
+per epoch) -> uint8 views grouped by size -> Kornia (jitter, gray, blur, solarize, normalize).
+
+Epoch semantics: every rank gets `len(loader)` batches per epoch, no sample twice in an epoch.
+Training drops each rank's remainder (at most `batch_size` samples); evaluation (`train=False`)
+keeps it, so a rank's last batch may be short (even empty when ranks differ by one sample).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sslpipe.errors import SslpipeError
+from sslpipe.pipeline.dali_stage import DecodeMode, DecoderOptions, EpochPlan, build_pipeline
+from sslpipe.pipeline.diagnose import diagnose_failure
+from sslpipe.pipeline.photometric import PhotometricStage
+from sslpipe.pipeline.shardlist import Shard, rank_range, resolve_shards
+from sslpipe.pipeline.spec import PipelineSpec, load_spec
+
+STATE_VERSION = 1
+
+
+@dataclass
+class Batch:
+    """One batch: `views[i]` is (B, 3, size_i, size_i) in spec order; `labels` (B,) int64 on the
+    device (-1 for unlabeled shards); `keys` the samples' keys, in the same order."""
+
+    views: list[torch.Tensor]
+    labels: torch.Tensor
+    keys: list[str]
+
+
+class ViewLoader:
+    """Augmented views of every image in WebDataset shards, built by DALI and Kornia.
+
+    Args:
+        spec: a `PipelineSpec`, a YAML path, or a shipped spec's name (`"simclr"`).
+        shards: a glob or brace pattern (`"out/train-*.tar"`) or a list of tar paths, each with
+            its DALI `.idx` beside it (as `sslpipe convert` writes them).
+        batch_size: images per batch per rank (each gives one sample in every view).
+        device: `"cpu"` (DALI CPU operators, Kornia on CPU tensors) or `"cuda"`/`"cuda:N"` (DALI
+            mixed decoding with the hardware JPEG decoder, Kornia on the GPU).
+        rank, world_size: this process's place; default from `torch.distributed` when initialized.
+        seed: shard order, shuffle and augmentation randomness derive from (seed, epoch, rank).
+        train: shuffle and drop each rank's last partial batch; `False` reads in order and keeps it.
+        dtype, channels_last: of the returned views (float32 or bfloat16).
+        normalize: `False` returns views in [0, 1] (for looking at them).
+        decode: `"once"` (decode, then crop per view) or `"roi"` (decode each view's region).
+        num_threads: DALI CPU threads (default: this process's share of the cores).
+        shuffle_buffer: samples DALI shuffles among while reading (the shards are pre-shuffled).
+    """
+
+    def __init__(self, spec: str | Path | PipelineSpec, shards, batch_size: int, *,
+                 device: str | torch.device = "cpu", rank: int | None = None, world_size: int | None = None,
+                 seed: int = 0, train: bool = True, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, normalize: bool = True, decode: DecodeMode = "once",
+                 decoder: DecoderOptions = DecoderOptions(), num_threads: int | None = None,
+                 shuffle_buffer: int = 4096, prefetch: int = 2):
+        self.spec = load_spec(spec)
+        self.device = _device(device)
+        self.rank, self.world_size = _place(rank, world_size)
+        if batch_size < 1:
+            raise SslpipeError(f"batch_size must be >= 1, got {batch_size}")
+        if decode not in ("once", "roi"):
+            raise SslpipeError(f"decode must be 'once' or 'roi', got {decode!r}")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise SslpipeError(f"dtype must be torch.float32, bfloat16 or float16, got {dtype}")
+        self.shards: list[Shard] = resolve_shards(shards)
+        self.batch_size, self.seed, self.train = batch_size, seed, train
+        self.decode, self.decoder, self.prefetch = decode, decoder, prefetch
+        self.shuffle_buffer = shuffle_buffer
+        self.num_threads = num_threads or _default_threads()
+        self.num_samples = sum(len(s) for s in self.shards)
+        self._len = self._batches_per_epoch()
+        self._groups = _size_groups(self.spec)
+        self._stages = [PhotometricStage([self.spec.views[i] for i in members], batch_size, self.device,
+                                         normalize=normalize, dtype=dtype, channels_last=channels_last)
+                        for _, members in self._groups]
+        self.epoch, self._position = 0, 0
+        self._pipe, self._pipe_epoch, self._checkpoint = None, None, None
+
+    def __len__(self) -> int:
+        """Batches per epoch, the same on every rank."""
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` at its first batch on the next iteration."""
+        if epoch != self.epoch or self._position:
+            self.epoch, self._position, self._pipe, self._checkpoint = epoch, 0, None, None
+
+    def __iter__(self):
+        """The remaining batches of the current epoch; the epoch then advances by one."""
+        if self._position == self._len:  # the last batch was taken, but the loop stopped before the end
+            self.epoch, self._position, self._pipe = self.epoch + 1, 0, None
+        if self._pipe is None or self._pipe_epoch != self.epoch:
+            self._pipe, self._pipe_epoch = self._build(self.epoch, self._checkpoint), self.epoch
+            self._checkpoint = None
+        while self._position < self._len:
+            outputs = self._run()
+            batch = self._batch(outputs, self._position)
+            self._position += 1
+            yield batch
+        self.epoch, self._position, self._pipe = self.epoch + 1, 0, None
+
+    def state_dict(self) -> dict:
+        """The position after the last batch returned: resuming from it gives the same remaining
+        samples with the same augmentations as the uninterrupted run."""
+        epoch, position = self.epoch, self._position
+        if position == self._len:
+            epoch, position = epoch + 1, 0
+        dali = None
+        if position and self._pipe is not None:
+            dali = self._pipe.checkpoint()
+        elif position:
+            dali = self._checkpoint  # restored but not yet iterated
+        return {"version": STATE_VERSION, "epoch": epoch, "position": position, "dali": dali,
+                "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "batch_size": self.batch_size, "num_samples": self.num_samples, "spec": self.spec.name}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` of a loader with the same shards, spec and settings."""
+        if state.get("version") != STATE_VERSION:
+            raise SslpipeError(f"loader state of version {state.get('version')}, expected {STATE_VERSION}")
+        for key in ("seed", "rank", "world_size", "batch_size", "num_samples"):
+            if state[key] != getattr(self, key):
+                raise SslpipeError(f"cannot resume: the saved loader had {key}={state[key]}, this one has "
+                                   f"{getattr(self, key)} (the same shards and settings are needed)")
+        if state["spec"] != self.spec.name:
+            raise SslpipeError(f"cannot resume: the saved loader ran spec {state['spec']!r}, "
+                               f"this one {self.spec.name!r}")
+        self.epoch, self._position, self._checkpoint = state["epoch"], state["position"], state["dali"]
+        self._pipe = None
+
+    # The stages.
+
+    def _batches_per_epoch(self) -> int:
+        sizes = [b - a for a, b in (rank_range(self.num_samples, r, self.world_size)
+                                    for r in range(self.world_size))]
+        batches = min(sizes) // self.batch_size if self.train else -(-max(sizes) // self.batch_size)
+        if batches == 0:
+            raise SslpipeError(
+                f"the shards hold {self.num_samples} samples: {min(sizes)} per rank, fewer than one batch "
+                f"of {self.batch_size} (world size {self.world_size}); lower the batch size")
+        return batches
+
+    def _plan(self, epoch: int) -> EpochPlan:
+        shards = list(self.shards)
+        if self.train:  # the same shard order on every rank: the ranks' parts stay disjoint
+            random.Random(f"{self.seed}:{epoch}").shuffle(shards)
+        dali_seed = int(np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(1)[0] >> 1)
+        return EpochPlan(tars=tuple(str(s.path) for s in shards), indexes=tuple(str(s.index) for s in shards),
+                         rank=self.rank, world_size=self.world_size, shuffle=self.train,
+                         shuffle_buffer=self.shuffle_buffer, seed=dali_seed)
+
+    def _build(self, epoch: int, checkpoint: str | None):
+        try:
+            return build_pipeline(self.spec, self._plan(epoch), self.batch_size,
+                                  "gpu" if self.device.type == "cuda" else "cpu",
+                                  self.device.index if self.device.type == "cuda" else None,
+                                  self.num_threads, self.decode, self.decoder, self.prefetch, checkpoint)
+        except RuntimeError as e:
+            raise SslpipeError(f"DALI could not start the pipeline of {self.spec.source}: {e}") from None
+
+    def _run(self):
+        try:
+            return self._pipe.run()
+        except RuntimeError as e:
+            self._pipe = None  # a failed DALI pipeline cannot run again
+            plan = self._plan(self.epoch)
+            raise diagnose_failure(self.shards, plan, self._position, self.batch_size, str(e)) from None
+
+    def _batch(self, outputs, position: int) -> Batch:
+        *views, labels, sources = outputs
+        count = self.batch_size
+        if not self.train:  # the padded tail of the last batch repeats a sample: cut it off
+            start, stop = rank_range(self.num_samples, self.rank, self.world_size)
+            count = max(0, min(count, stop - start - position * self.batch_size))
+        generator = torch.Generator(self.device)
+        generator.manual_seed(int(np.random.SeedSequence(
+            [self.seed, self.epoch, self.rank, position]).generate_state(1, np.uint64)[0] >> 1))
+        out: list[torch.Tensor | None] = [None] * len(views)
+        for ((size, members), stage) in zip(self._groups, self._stages):
+            images = torch.empty((len(members) * self.batch_size, size, size, 3), dtype=torch.uint8,
+                                 device=self.device)
+            for slot, i in enumerate(members):
+                _copy(views[i], images[slot * self.batch_size:(slot + 1) * self.batch_size])
+            # NHWC -> NCHW as a channels-last view: no copy, and Kornia accepts any strides.
+            augmented = stage(images.permute(0, 3, 1, 2), generator)
+            for slot, i in enumerate(members):
+                out[i] = augmented[slot * self.batch_size:slot * self.batch_size + count]
+        sources = [_source(sources.at(j)) for j in range(count)]
+        label_values = [int(np.asarray(labels.at(j)).tobytes()) for j in range(count)]
+        labels = torch.tensor(label_values, dtype=torch.int64).to(self.device, non_blocking=True)
+        return Batch(views=out, labels=labels, keys=[key for _, key in sources])
+
+
+def _size_groups(spec: PipelineSpec) -> list[tuple[int, list[int]]]:
+    """Views of one size (and blur kernel) are augmented together as one tensor, e.g. SwAV's six
+    96-px views: one Kornia call per group instead of one per view."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, view in enumerate(spec.views):
+        groups.setdefault((view.size, view.blur_kernel if view.blur else 0), []).append(i)
+    return [(size, members) for (size, _), members in groups.items()]
+
+
+def _copy(tensor_list, target: torch.Tensor) -> None:
+    """DALI's uniform batch (B, H, W, 3) into the torch slice `target`, on DALI's order of work."""
+    if target.is_cuda:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+        feed_ndarray(tensor_list.as_tensor(), target, cuda_stream=torch.cuda.current_stream(target.device))
+    else:
+        target.numpy()[...] = np.asarray(tensor_list.as_tensor())
+
+
+def _source(info) -> tuple[str, str]:
+    """`shard.tar:offset:key.jpg` -> (shard path, key)."""
+    text = np.asarray(info).tobytes().decode()
+    shard, _, member = text.rsplit(":", 2)
+    return shard, member.split(".", 1)[0]
+
+
+def _device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SslpipeError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU on this "
+                               f"machine: use device='cpu' (the same pipeline on DALI's CPU operators)")
+        return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    if device.type != "cpu":
+        raise SslpipeError(f"device must be 'cpu' or 'cuda[:N]', got {str(device)!r}")
+    return device
+
+
+def _place(rank, world_size) -> tuple[int, int]:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = torch.distributed.get_rank() if distributed else 0
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if distributed else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise SslpipeError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def _default_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    return max(1, cores // max(1, per_node))

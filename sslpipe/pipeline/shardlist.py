@@ -1,0 +1,106 @@
+"""The shards a loader reads: expand the pattern, check the index files, count the samples.
+
+Everything DALI would otherwise fail on late, and deep inside its threads, is checked here
+before the pipeline starts, with the shard and key named: a missing index, an index that does
+not match its tar, a sample without an image or a label.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from webdataset.shardlists import expand_urls
+
+from sslpipe.errors import SslpipeError
+from sslpipe.shards.writer import read_index
+
+REQUIRED = ("jpg", "cls")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One tar shard, its DALI index, and its samples' keys in tar order."""
+
+    path: Path
+    index: Path
+    keys: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def resolve_shards(shards: str | Path | list) -> list[Shard]:
+    """Shards from a glob or brace pattern (`out/train-*.tar`, `out/train-{000000..000009}.tar`),
+    or a list of tar paths; every shard must have its `.idx` and hold `.jpg` and `.cls` per sample."""
+    patterns = [str(shards)] if isinstance(shards, (str, Path)) else [str(s) for s in shards]
+    if not patterns:
+        raise SslpipeError("no shards given: pass a pattern such as 'shards/train-*.tar'")
+    paths = []
+    for pattern in patterns:
+        for expanded in expand_urls(pattern):  # braces, '::' lists
+            if Path(expanded).is_dir():
+                splits = sorted(p.name.removesuffix(".manifest.json")
+                                for p in Path(expanded).glob("*.manifest.json"))
+                example = Path(expanded) / f"{splits[0] if splits else 'train'}-*.tar"
+                raise SslpipeError(f"{expanded} is a folder: give a shard pattern such as '{example}'"
+                                   + (f" (splits there: {', '.join(splits)})" if splits else ""))
+            matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+            if not matches or not Path(matches[0]).exists():
+                raise SslpipeError(f"no shards match {expanded!r}")
+            paths += [Path(m) for m in matches]
+    if len(set(paths)) != len(paths):
+        raise SslpipeError(f"a shard is listed twice in {shards!r}: every sample would be read twice")
+    resolved = [_shard(p) for p in paths]
+    if sum(len(s) for s in resolved) == 0:
+        raise SslpipeError(f"the shards matching {shards!r} hold no samples")
+    return resolved
+
+
+def _shard(path: Path) -> Shard:
+    if path.suffix != ".tar" or not path.is_file():
+        raise SslpipeError(f"{path}: not a .tar shard")
+    index = path.with_suffix(".idx")
+    if not index.is_file():
+        raise SslpipeError(
+            f"{path}: no DALI index {index.name} beside it. sslpipe convert writes one; for shards made "
+            f"elsewhere run DALI's `wds2idx {path} {index}` (installed with nvidia-dali)")
+    try:
+        samples = read_index(index)
+    except (OSError, ValueError, IndexError) as e:
+        raise SslpipeError(f"{index}: unreadable DALI index ({e}); rebuild it with `wds2idx {path} {index}`")
+    last_byte = max((offset + size for sample in samples for _, offset, size, _ in sample), default=0)
+    if last_byte > path.stat().st_size:
+        raise SslpipeError(f"{index} does not match {path} (the tar is shorter than the index says): "
+                           f"run `sslpipe verify` on the folder")
+    keys = []
+    for sample in samples:
+        key = sample[0][3].split(".", 1)[0] if sample else "?"
+        present = {ext for ext, *_ in sample}
+        missing = [ext for ext in REQUIRED if ext not in present]
+        if missing:
+            raise SslpipeError(f"{path}: sample {key!r} has no .{missing[0]} (each sample needs "
+                               f"{' and '.join('.' + e for e in REQUIRED)})")
+        keys.append(key)
+    return Shard(path, index, tuple(keys))
+
+
+def rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The samples `[start, stop)` of the concatenated shards that DALI's reader gives `rank`.
+
+    DALI splits the sample sequence into contiguous parts (`start = total * rank // world_size`).
+    """
+    return total * rank // world_size, total * (rank + 1) // world_size
+
+
+def read_images(shard: Shard, start: int = 0, stop: int | None = None) -> list[tuple[str, bytes]]:
+    """[(key, .jpg bytes)] of the samples `[start, stop)` of `shard`, read through its index."""
+    samples = read_index(shard.index)[start:stop]
+    images = []
+    with open(shard.path, "rb") as f:
+        for key, sample in zip(shard.keys[start:], samples):
+            _, offset, size, _ = next(m for m in sample if m[0] == "jpg")
+            f.seek(offset)
+            images.append((key, f.read(size)))
+    return images
