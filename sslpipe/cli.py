@@ -65,9 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_run_verify)
 
+    preview = commands.add_parser("preview", help="draw a spec's views of a few images into a PNG grid")
+    preview.add_argument("spec", help="a pipeline spec: a YAML path or a shipped name (simclr, byol, ...)")
+    preview.add_argument("shards", help="shard pattern, e.g. 'out/train-*.tar' (quote it)")
+    preview.add_argument("-o", "--out", type=Path, default=Path("views.png"), help="the PNG to write")
+    preview.add_argument("--images", type=_at_least(1), default=8, help="rows: images (default 8)")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    preview.set_defaults(run=_run_preview)
+
     demo = commands.add_parser("demo", help="the end-to-end example on data built from scikit-image photos")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--workers", type=_at_least(1), default=min(4, CORES))
+    demo.add_argument("--device", help="where the pipeline runs: cpu or cuda (default: cuda with a GPU)")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -172,10 +182,19 @@ def _verify(out, splits, decode, threads, quiet) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def _run_preview(args) -> int:
+    from sslpipe.pipeline.preview import render_preview
+
+    path = render_preview(args.spec, args.shards, args.out, images=args.images, seed=args.seed,
+                          device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
 def _run_demo(args) -> int:
     from sslpipe.demo import run_demo
 
-    return run_demo(args.out, workers=args.workers)
+    return run_demo(args.out, workers=args.workers, device=args.device)
 
 
 if __name__ == "__main__":

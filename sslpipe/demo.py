@@ -1,14 +1,17 @@
 """`sslpipe demo`: the README's main command, end to end on data that ships with Python packages.
 
 For now it covers what exists: build a small ImageNet-layout dataset from scikit-image's real
-photos (with the quirks of the real ImageNet), convert it to shards, verify them. Pretraining
-and evaluation join as they land. Re-running reuses the dataset and the finished shards.
+photos (with the quirks of the real ImageNet), convert it to shards, verify them, then run one
+epoch of the SimCLR augmentation pipeline over them and draw its views. Pretraining and
+evaluation join as they land. Re-running reuses the dataset and the finished shards.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+from tqdm import tqdm
 
 from sslpipe.errors import SslpipeError
 from sslpipe.shards.convert import ConvertOptions, convert_split
@@ -20,25 +23,60 @@ DATASET = {"num_classes": 5, "train_per_class": 40, "val_per_class": 10}
 SHARD_SAMPLES = 64  # several shards even for this small set, as ImageNet would have
 
 
-def run_demo(out: Path, workers: int = 2) -> int:
-    """Build (or reuse) the dataset under `out`, convert and verify it; 0 when all is well."""
+def run_demo(out: Path, workers: int = 2, device: str | None = None) -> int:
+    """Build (or reuse) the dataset under `out`, convert, verify and augment it; 0 when all is well.
+
+    `device`: where the pipeline runs (default: the GPU when there is one).
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
     dataset, shards = out / "imagenet-like", out / "shards"
     _build_dataset(dataset)
 
-    print(f"\n[2/3] converting {dataset} -> {shards}", flush=True)
+    print(f"\n[2/4] converting {dataset} -> {shards}", flush=True)
     options = ConvertOptions(shard_samples=SHARD_SAMPLES)
     for source in imagenet_splits(dataset, ["train", "val"]):
         result = convert_split(source, shards, options, workers=workers)
         print(conversion_summary(result, shards, workers), flush=True)
 
-    print(f"\n[3/3] verifying {shards} (every image decoded by DALI on the CPU)", flush=True)
+    print(f"\n[3/4] verifying {shards} (every image decoded by DALI on the CPU)", flush=True)
     reports = verify_output(shards, threads=workers)
     print(verify_summary(reports), flush=True)
-    ok = all(r.ok for r in reports)
-    print(f"\ndemo {'finished' if ok else 'FAILED'}: shards in {shards}; the files the converter "
-          f"refused are listed in {shards}/<split>.rejected.jsonl")
-    return 0 if ok else 1
+    if not all(r.ok for r in reports):
+        print(f"\ndemo FAILED: {shards} did not verify")
+        return 1
+
+    print(f"\n[4/4] one epoch of the SimCLR views ({_where_it_runs(device)}), and a picture of them",
+          flush=True)
+    _augment(shards, out, device, workers)
+    print(f"\ndemo finished: shards in {shards}; the files the converter refused are listed in "
+          f"{shards}/<split>.rejected.jsonl")
+    return 0
+
+
+def _augment(shards: Path, out: Path, device: str, threads: int) -> None:
+    import time
+
+    from sslpipe.pipeline.loader import ViewLoader
+    from sslpipe.pipeline.preview import render_preview
+
+    loader = ViewLoader("simclr", str(shards / "train-*.tar"), batch_size=32, device=device,
+                        num_threads=threads)
+    start = time.perf_counter()
+    batches = sum(1 for _ in tqdm(loader, desc="simclr views", unit="batch", leave=False))
+    seconds = time.perf_counter() - start
+    views = ", ".join(f"{g.count} x {g.size} px" for g in loader.spec.groups)
+    print(f"{batches} batches of 32 images ({views} each) in {seconds:.1f} s: "
+          f"{batches * 32 / seconds:.0f} images/s", flush=True)
+    picture = render_preview("simclr", str(shards / "train-*.tar"), out / "views-simclr.png", images=4,
+                             device=device)
+    print(f"the views of 4 images: {picture}", flush=True)
+
+
+def _where_it_runs(device: str) -> str:
+    return "on the GPU" if device.startswith("cuda") else "on the CPU; the same spec runs on a GPU"
 
 
 def _build_dataset(dataset: Path) -> None:
@@ -47,8 +85,8 @@ def _build_dataset(dataset: Path) -> None:
     except ImportError as e:  # scikit-image is the `demo` extra
         raise SslpipeError(f"sslpipe demo needs scikit-image: pip install 'sslpipe[demo]' ({e})") from e
     if (dataset / "fixture.json").is_file():
-        print(f"[1/3] reusing the ImageNet-like dataset in {dataset}", flush=True)
+        print(f"[1/4] reusing the ImageNet-like dataset in {dataset}", flush=True)
         return
     shutil.rmtree(dataset, ignore_errors=True)  # an interrupted build: start over
-    print(f"[1/3] building an ImageNet-like dataset from scikit-image's photos in {dataset}", flush=True)
+    print(f"[1/4] building an ImageNet-like dataset from scikit-image's photos in {dataset}", flush=True)
     build_imagenet_fixture(dataset, layout="classic", progress=True, **DATASET)
