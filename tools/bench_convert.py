@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchdoc import cpu_name, write_section  # noqa: E402  (tools/, beside this script)
+
 from sslpipe.fixtures.imagenet import build_imagenet_fixture  # noqa: E402
 from sslpipe.shards.convert import ConvertOptions, convert_split  # noqa: E402
 from sslpipe.shards.imagenet import imagenet_splits  # noqa: E402
@@ -68,7 +70,7 @@ def main() -> None:
     section = _section(rows, source_mb, args)
     print(section)
     if not args.no_doc:
-        _write_section(args.doc, section)
+        write_section(args.doc, BEGIN, END, section)
         print(f"written to {args.doc}")
 
 
@@ -107,32 +109,12 @@ def _section(rows, source_mb, args) -> str:
         "",
         _table(rows, source_mb),
         "",
-        f"- Machine: {_cpu()}, {os.cpu_count()} cores visible; {platform.platform()}",
+        f"- Machine: {cpu_name()}, {os.cpu_count()} cores visible; {platform.platform()}",
         f"- Python {platform.python_version()}, Pillow {PIL.__version__} (libjpeg-turbo "
         f"{features.version('libjpeg_turbo')}), DALI {nvidia.dali.__version__}",
         f"- Command: `{command}`",
         END,
     ])
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _write_section(doc: Path, section: str) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
 
 
 if __name__ == "__main__":
