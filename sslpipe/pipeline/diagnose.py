@@ -13,14 +13,15 @@ from sslpipe.pipeline.shardlist import Shard, rank_range, read_images
 from sslpipe.shards.decode_check import DaliDecodeCheck, first_reason
 
 
-def diagnose_failure(shards: list[Shard], plan: EpochPlan, position: int, batch_size: int,
+def diagnose_failure(shards: list[Shard], plan: EpochPlan, position: int, batch_size: int, prefetch: int,
                      message: str) -> SslpipeError:
     """The error to raise after DALI failed on batch `position` of `plan`, with DALI's `message`."""
     by_path = {str(s.path): s for s in shards}
     ordered = [by_path[t] for t in plan.tars]
     start, stop = rank_range(sum(len(s) for s in ordered), plan.rank, plan.world_size)
     # Read so far: the batches returned, the ones prefetched, and the shuffle buffer.
-    stop = min(stop, start + (position + 4) * batch_size + (plan.shuffle_buffer if plan.shuffle else 0))
+    read = (position + 1 + prefetch) * batch_size + (plan.shuffle_buffer if plan.shuffle else 0)
+    stop = min(stop, start + read)
     checker = DaliDecodeCheck(threads=2)
     offset = 0
     for shard in ordered:

@@ -92,18 +92,23 @@ class ViewLoader:
                         for _, members in self._groups]
         self.epoch, self._position = 0, 0
         self._pipe, self._pipe_epoch, self._checkpoint = None, None, None
+        self._failed: str | None = None  # why the loader stopped; it cannot go on from there
+        self._held = None  # the last batch's DALI outputs (see `_run`)
 
     def __len__(self) -> int:
         """Batches per epoch, the same on every rank."""
         return self._len
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch `epoch` at its first batch on the next iteration."""
-        if epoch != self.epoch or self._position:
+        """Go to epoch `epoch`. The current epoch is left where it stands (like DistributedSampler):
+        after `load_state_dict`, `set_epoch(saved epoch)` keeps the resumed position."""
+        self._check_usable()
+        if epoch != self.epoch:
             self.epoch, self._position, self._pipe, self._checkpoint = epoch, 0, None, None
 
     def __iter__(self):
         """The remaining batches of the current epoch; the epoch then advances by one."""
+        self._check_usable()
         if self._position == self._len:  # the last batch was taken, but the loop stopped before the end
             self.epoch, self._position, self._pipe = self.epoch + 1, 0, None
         if self._pipe is None or self._pipe_epoch != self.epoch:
@@ -119,6 +124,7 @@ class ViewLoader:
     def state_dict(self) -> dict:
         """The position after the last batch returned: resuming from it gives the same remaining
         samples with the same augmentations as the uninterrupted run."""
+        self._check_usable()
         epoch, position = self.epoch, self._position
         if position == self._len:
             epoch, position = epoch + 1, 0
@@ -142,8 +148,10 @@ class ViewLoader:
         if state["spec"] != self.spec.name:
             raise SslpipeError(f"cannot resume: the saved loader ran spec {state['spec']!r}, "
                                f"this one {self.spec.name!r}")
+        if state["position"] and not state["dali"]:
+            raise SslpipeError("cannot resume: the saved loader state has a position but no DALI checkpoint")
         self.epoch, self._position, self._checkpoint = state["epoch"], state["position"], state["dali"]
-        self._pipe = None
+        self._pipe, self._failed = None, None
 
     # The stages.
 
@@ -175,13 +183,26 @@ class ViewLoader:
         except RuntimeError as e:
             raise SslpipeError(f"DALI could not start the pipeline of {self.spec.source}: {e}") from None
 
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise SslpipeError(f"this loader stopped on an error ({self._failed}); its position is lost: "
+                               f"resume from a saved state_dict() in a new loader")
+
     def _run(self):
         try:
+            if self.device.type == "cuda":
+                # Outputs ordered on torch's stream, not host-synchronous. The previous batch's
+                # outputs are kept alive one batch longer, until well after their copies were queued.
+                outputs = self._pipe.run(torch.cuda.current_stream(self.device))
+                self._held = outputs
+                return outputs
             return self._pipe.run()
         except RuntimeError as e:
             self._pipe = None  # a failed DALI pipeline cannot run again
-            plan = self._plan(self.epoch)
-            raise diagnose_failure(self.shards, plan, self._position, self.batch_size, str(e)) from None
+            error = diagnose_failure(self.shards, self._plan(self.epoch), self._position, self.batch_size,
+                                     self.prefetch, str(e))
+            self._failed = str(error)
+            raise error from None
 
     def _batch(self, outputs, position: int) -> Batch:
         *views, labels, sources = outputs

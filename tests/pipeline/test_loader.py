@@ -65,9 +65,10 @@ def measured_windows(view: torch.Tensor):
     return (width * height / (WIDTH * HEIGHT)).numpy(), (width / height).numpy(), flipped.numpy()
 
 
-def test_crop_areas_aspect_ratios_and_flips_follow_the_spec(coordinate_shards):
+@pytest.mark.parametrize("decode", ["once", "roi"])
+def test_crop_areas_aspect_ratios_and_flips_follow_the_spec(coordinate_shards, decode):
     spec = crop_only(count=2, scale=[0.25, 0.5], ratio=[0.75, 1.3333], flip=0.5)
-    loader = ViewLoader(spec, coordinate_shards, batch_size=8, seed=3)
+    loader = ViewLoader(spec, coordinate_shards, batch_size=8, seed=3, decode=decode)
     areas, ratios, flips = [], [], []
     for _ in range(2):  # two epochs: 2 x 15 batches x 2 views x 8 = 480 windows
         for batch in loader:
@@ -203,10 +204,32 @@ def test_state_dict_resumes_mid_epoch_exactly(coordinate_shards, stop_at):
         assert all(torch.equal(a, b) for a, b in zip(views_a, views_b))
 
 
+def test_resume_through_the_readme_loop_keeps_the_position(coordinate_shards):
+    """The README's loop calls set_epoch(epoch) first, also right after load_state_dict."""
+    spec = resized("simclr", 24)
+    reference = ViewLoader(spec, coordinate_shards, batch_size=8, seed=2)
+    stream = []
+    for number in range(2):
+        reference.set_epoch(number)
+        stream += [(number, batch.keys) for batch in reference]
+    interrupted = ViewLoader(spec, coordinate_shards, batch_size=8, seed=2)
+    interrupted.set_epoch(0)
+    seen = [(0, batch.keys) for _, batch in zip(range(5), interrupted)]
+    state = interrupted.state_dict()
+    resumed = ViewLoader(spec, coordinate_shards, batch_size=8, seed=2)
+    resumed.load_state_dict(state)
+    for number in range(state["epoch"], 2):
+        resumed.set_epoch(number)
+        seen += [(number, batch.keys) for batch in resumed]
+    assert seen == stream
+
+
 def test_resume_refuses_other_settings(coordinate_shards):
     state = ViewLoader(crop_only(), coordinate_shards, batch_size=8).state_dict()
     with pytest.raises(SslpipeError, match="batch_size=8, this one has 4"):
         ViewLoader(crop_only(), coordinate_shards, batch_size=4).load_state_dict(state)
+    with pytest.raises(SslpipeError, match="a position but no DALI checkpoint"):
+        ViewLoader(crop_only(), coordinate_shards, batch_size=8).load_state_dict({**state, "position": 3})
 
 
 # Errors, each naming what is at fault.
@@ -262,6 +285,11 @@ def test_corrupt_jpeg_names_shard_and_key_and_points_at_verify(tmp_path, coordin
     message = str(error.value)
     assert "train-000003.tar" in message and repr(name.split(".")[0]) in message
     assert "sslpipe verify" in message
+    # The position where DALI stopped is lost: no state to save, no silent restart of the epoch.
+    with pytest.raises(SslpipeError, match="this loader stopped on an error"):
+        loader.state_dict()
+    with pytest.raises(SslpipeError, match="this loader stopped on an error"):
+        list(loader)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
