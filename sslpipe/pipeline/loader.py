@@ -223,10 +223,10 @@ class ViewLoader:
             augmented = stage(images.permute(0, 3, 1, 2), generator)
             for slot, i in enumerate(members):
                 out[i] = augmented[slot * self.batch_size:slot * self.batch_size + count]
-        sources = [_source(sources.at(j)) for j in range(count)]
+        keys = [_key(sources.at(j)) for j in range(count)]
         label_values = [int(np.asarray(labels.at(j)).tobytes()) for j in range(count)]
         labels = torch.tensor(label_values, dtype=torch.int64).to(self.device, non_blocking=True)
-        return Batch(views=out, labels=labels, keys=[key for _, key in sources])
+        return Batch(views=out, labels=labels, keys=keys)
 
 
 def _size_groups(spec: PipelineSpec) -> list[tuple[int, list[int]]]:
@@ -247,11 +247,10 @@ def _copy(tensor_list, target: torch.Tensor) -> None:
         target.numpy()[...] = np.asarray(tensor_list.as_tensor())
 
 
-def _source(info) -> tuple[str, str]:
-    """`shard.tar:offset:key.jpg` -> (shard path, key)."""
-    text = np.asarray(info).tobytes().decode()
-    shard, _, member = text.rsplit(":", 2)
-    return shard, member.split(".", 1)[0]
+def _key(source_info) -> str:
+    """DALI's `shard.tar:offset:key.jpg` -> key."""
+    member = np.asarray(source_info).tobytes().decode().rsplit(":", 1)[1]
+    return member.split(".", 1)[0]
 
 
 def _device(device) -> torch.device:
