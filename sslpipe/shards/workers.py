@@ -42,10 +42,13 @@ def prepare_in_order(paths: list[Path], policy: ImagePolicy, workers: int, chunk
             pending.extend(pool.submit(_prepare_chunk, c, policy) for c in islice(chunks, 1))
             yield from results
     except BrokenProcessPool:  # from result() or submit(), whichever notices first
+        # The pool's manager thread has already terminated the other workers; wait for it to end.
+        # shutdown(wait=False) here races with it and can hang the exit (CPython gh-132969).
+        pool.shutdown(wait=True, cancel_futures=True)
         raise SslpipeError("a worker process died (out of memory? killed?); the complete shards "
                            "are kept: re-run the same command to resume") from None
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # no-op after the shutdown above
 
 
 def _prepare_chunk(paths: list[Path], policy: ImagePolicy) -> list[Prepared | Rejected]:
