@@ -74,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     preview.set_defaults(run=_run_preview)
 
+    train = commands.add_parser(
+        "train", help="pretrain with a recipe (under `accelerate launch` for several processes)",
+        description="Pretrain with a recipe. For several processes: "
+                    "accelerate launch -m sslpipe.train RECIPE ...")
+    train.add_argument("recipe", type=Path, help="a recipe YAML, e.g. recipes/simclr_small.yaml")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. optim.lr=0.5 data.batch_size=512")
+    train.add_argument("--resume", nargs="?", const="auto", metavar="PATH",
+                       help="continue from this run's last checkpoint, or from PATH (a .pt or a run folder)")
+    train.set_defaults(run=_run_train)
+
     demo = commands.add_parser("demo", help="the end-to-end example on data built from scikit-image photos")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--workers", type=_at_least(1), default=min(4, CORES))
@@ -188,6 +199,15 @@ def _run_preview(args) -> int:
     path = render_preview(args.spec, args.shards, args.out, images=args.images, seed=args.seed,
                           device=args.device)
     print(f"wrote {path}")
+    return 0
+
+
+def _run_train(args) -> int:
+    from sslpipe.train.config import load_config
+    from sslpipe.train.loop import train
+
+    run_dir = train(load_config(args.recipe, args.overrides), resume=args.resume)
+    print(f"run folder: {run_dir}")
     return 0
 
 

@@ -1,10 +1,11 @@
-"""Shared fixtures: small ImageNet-layout trees of real photos, built once per test session."""
+"""Shared fixtures: small ImageNet-layout trees of real photos and their shards, built once per session."""
 
 import shutil
 
 import pytest
 
 from sslpipe.fixtures.imagenet import build_imagenet_fixture
+from sslpipe.shards import ConvertOptions, convert_split, imagenet_splits
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,13 @@ def imagenet_copy(imagenet_tree, tmp_path):
         return root, description
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def photo_shards(imagenet_tree, tmp_path_factory):
+    """Pattern of the fixture's train photos (5 classes x 8, quirks rejected by the converter)."""
+    root, _ = imagenet_tree("classic")
+    out = tmp_path_factory.mktemp("photo-shards")
+    for source in imagenet_splits(root, ["train"]):
+        convert_split(source, out, ConvertOptions(shard_samples=16), progress=False)
+    return str(out / "train-*.tar")

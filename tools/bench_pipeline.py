@@ -24,13 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from benchdoc import cpu_name, write_section  # noqa: E402  (tools/, beside this script)
+from benchdoc import cpu_name, fixture_shards, write_section  # noqa: E402  (tools/, beside this script)
 from pil_baseline import baseline_loader, torchvision_available  # noqa: E402
 
-from sslpipe.fixtures.imagenet import build_imagenet_fixture  # noqa: E402
 from sslpipe.pipeline.loader import ViewLoader  # noqa: E402
 from sslpipe.pipeline.spec import load_spec  # noqa: E402
-from sslpipe.shards import ConvertOptions, convert_split, imagenet_splits  # noqa: E402
 
 BEGIN, END = "<!-- bench_pipeline: begin -->", "<!-- bench_pipeline: end -->"
 SPECS = ["simclr", "mocov2", "byol", "swav_multicrop", "eval"]
@@ -55,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sslpipe-bench-") as tmp:
-        pattern = args.shards or _fixture_shards(Path(tmp), args.train_per_class)
+        pattern = args.shards or fixture_shards(Path(tmp), args.train_per_class)
         rows = []
         for name in args.specs:
             spec = load_spec(name)
@@ -77,15 +75,6 @@ def main() -> None:
     if not args.no_doc:
         write_section(args.doc, BEGIN, END, section)
         print(f"written to {args.doc}")
-
-
-def _fixture_shards(tmp: Path, per_class: int) -> str:
-    print(f"building a fixture of {6 * per_class} images ...", flush=True)
-    build_imagenet_fixture(tmp / "imagenet", num_classes=6, train_per_class=per_class, val_per_class=1,
-                           quirks=False, progress=True)
-    for source in imagenet_splits(tmp / "imagenet", ["train"]):
-        convert_split(source, tmp / "shards", ConvertOptions(shard_samples=100), workers=2, progress=False)
-    return str(tmp / "shards" / "train-*.tar")
 
 
 def _throughput(loader, args, device: str) -> float:

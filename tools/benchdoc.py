@@ -1,5 +1,6 @@
 """What every benchmark script shares: the machine's description and writing its section of
-docs/benchmarks.md (between the script's own markers, leaving the other sections alone)."""
+docs/benchmarks.md (between the script's own markers, leaving the other sections alone), and
+the fixture shards they measure when given none."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ def write_section(doc: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text)
+
+
+def fixture_shards(tmp: Path, per_class: int) -> str:
+    """Shards of an ImageNet-like fixture (6 classes of real-photo JPEGs, ~90 KB) built in `tmp`."""
+    from sslpipe.fixtures.imagenet import build_imagenet_fixture
+    from sslpipe.shards import ConvertOptions, convert_split, imagenet_splits
+
+    print(f"building a fixture of {6 * per_class} images ...", flush=True)
+    build_imagenet_fixture(tmp / "imagenet", num_classes=6, train_per_class=per_class, val_per_class=1,
+                           quirks=False, progress=True)
+    for source in imagenet_splits(tmp / "imagenet", ["train"]):
+        convert_split(source, tmp / "shards", ConvertOptions(shard_samples=100), workers=2, progress=False)
+    return str(tmp / "shards" / "train-*.tar")

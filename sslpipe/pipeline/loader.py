@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslpipe import distributed
 from sslpipe.errors import SslpipeError
 from sslpipe.pipeline.dali_stage import DecodeMode, DecoderOptions, EpochPlan, build_pipeline
 from sslpipe.pipeline.diagnose import diagnose_failure
@@ -266,11 +267,8 @@ def _device(device) -> torch.device:
 
 
 def _place(rank, world_size) -> tuple[int, int]:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if rank is None:
-        rank = torch.distributed.get_rank() if distributed else 0
-    if world_size is None:
-        world_size = torch.distributed.get_world_size() if distributed else 1
+    rank = distributed.rank() if rank is None else rank
+    world_size = distributed.world_size() if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise SslpipeError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     return rank, world_size

@@ -8,9 +8,7 @@ SimCLR, BYOL and SwAV: crop, flip, color jitter, grayscale, blur, solarize, norm
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from sslpipe.errors import SslpipeError
+from sslpipe.typed import build
 
 # The shipped specs, by name (`load_spec("simclr")`), when sslpipe runs from a checkout or an
 # editable install; otherwise pass a path.
@@ -212,69 +211,9 @@ def parse_spec(data: object, source: str = "<memory>") -> PipelineSpec:
     views = data.get("views")
     if not isinstance(views, list):
         raise SslpipeError(f"{source}: 'views' must be a list of view mappings")
-    groups = tuple(_build(ViewSpec, v, f"views[{i}]", source) for i, v in enumerate(views))
+    groups = tuple(build(ViewSpec, v, f"views[{i}]", source) for i, v in enumerate(views))
     name = data.get("name", Path(source).stem)
     try:
         return PipelineSpec(name=str(name), groups=groups, source=source)
     except ValueError as e:
         raise SslpipeError(f"{source}: {e}") from None
-
-
-def _build(cls, data: object, where: str, source: str):
-    """Instantiate dataclass `cls` from a mapping, converting and checking each field by its type."""
-    if not isinstance(data, dict):
-        raise SslpipeError(f"{source}: {where} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
-    hints = typing.get_type_hints(cls)
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    for key in data:
-        if key not in fields:
-            raise SslpipeError(f"{source}: {where}.{key}: unknown key (expected one of: {', '.join(fields)})")
-    for key in required:
-        if key not in data:
-            raise SslpipeError(f"{source}: {where}.{key}: required")
-    values = {key: _convert(hints[key], value, f"{where}.{key}", source) for key, value in data.items()}
-    try:
-        return cls(**values)
-    except ValueError as e:
-        raise SslpipeError(f"{source}: {where}: {e}") from None
-
-
-def _convert(hint, value, where: str, source: str):
-    def wrong(expected: str):
-        return SslpipeError(f"{source}: {where}: expected {expected}, got {value!r}")
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if dataclasses.is_dataclass(inner[0]) and value is False:
-            return None  # `blur: false` switches an augmentation off
-        return _convert(inner[0], value, where, source)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, {} if value is True else value, where, source)
-    if origin is typing.Literal:
-        if value not in args:
-            raise wrong("one of " + ", ".join(map(str, args)))
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise wrong(f"a list of {len(args)} numbers")
-        return tuple(_convert(a, v, f"{where}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong("a number")
-        if math.isnan(value):
-            raise wrong("a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("an integer")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise wrong("a string")
-        return value
-    raise TypeError(f"unsupported field type {hint}")  # a bug in this module, not in the spec

@@ -2,13 +2,12 @@
 
 `coordinate_shards`: 120 small JPEGs whose red channel encodes x and green encodes y, so a
 view's pixels tell which window of the source it shows (crop area, aspect, flip).
-`photo_shards`: real photos from the ImageNet-like fixture, at ImageNet-like sizes.
 """
 
 import pytest
 from pipeline_data import COORDINATE_IMAGES, coordinate_image
 
-from sslpipe.shards import ConvertOptions, convert_split, folder_split, imagenet_splits
+from sslpipe.shards import ConvertOptions, convert_split, folder_split
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +21,3 @@ def coordinate_shards(tmp_path_factory):
     convert_split(folder_split(root / "src"), root / "shards", ConvertOptions(shard_samples=23),
                   progress=False)
     return str(root / "shards" / "train-*.tar")
-
-
-@pytest.fixture(scope="session")
-def photo_shards(imagenet_tree, tmp_path_factory):
-    """Pattern of the fixture's train photos (5 classes x 8, quirks rejected by the converter)."""
-    root, _ = imagenet_tree("classic")
-    out = tmp_path_factory.mktemp("photo-shards")
-    for source in imagenet_splits(root, ["train"]):
-        convert_split(source, out, ConvertOptions(shard_samples=16), progress=False)
-    return str(out / "train-*.tar")

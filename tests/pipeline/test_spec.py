@@ -5,7 +5,8 @@ import pytest
 from sslpipe.errors import SslpipeError
 from sslpipe.pipeline.spec import SHIPPED, Blur, ColorJitter, load_spec, parse_spec
 
-SHIPPED_NAMES = ["simclr", "mocov2", "byol", "swav_multicrop", "eval"]
+SHIPPED_NAMES = ["simclr", "mocov2", "byol", "swav_multicrop", "eval",
+                 "small_simclr", "small_mocov2", "small_swav_multicrop"]
 
 
 def test_every_shipped_spec_loads_and_none_is_missing():
@@ -42,6 +43,12 @@ def test_shipped_values_follow_the_reference_table():
     (center,) = load_spec("eval").groups
     assert (center.crop, center.resize_to, center.size, center.flip) == ("center", 256, 224, 0.0)
     assert center.color_jitter is None and center.blur is None and not load_spec("eval").random
+    # The small (CIFAR-scale) versions: colour jitter of strength 0.5 and no blur.
+    for name in ("small_simclr", "small_mocov2", "small_swav_multicrop"):
+        for group in load_spec(name).groups:
+            assert group.color_jitter == ColorJitter(p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+            assert group.blur is None and group.grayscale == 0.2 and group.flip == 0.5
+    assert [(g.count, g.size) for g in load_spec("small_swav_multicrop").groups] == [(2, 64), (4, 32)]
     for spec in map(load_spec, SHIPPED_NAMES):
         assert all(v.normalize.mean == (0.485, 0.456, 0.406) for v in spec.views)
         assert all(v.ratio == pytest.approx((3 / 4, 4 / 3)) for v in spec.views)

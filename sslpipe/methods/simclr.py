@@ -1,0 +1,40 @@
+"""SimCLR (Chen et al. 2020, https://arxiv.org/abs/2002.05709): two views, NT-Xent over the
+2N views of the global batch, the negatives gathered from every process with their gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sslpipe.losses import nt_xent
+from sslpipe.methods.base import Method, Step, StepOutput, health_metrics
+from sslpipe.models import mlp
+
+
+@dataclass(frozen=True)
+class SimCLRConfig:
+    temperature: float = 0.1        # 0.1 on ImageNet, 0.5 on CIFAR-scale data
+    # After the backbone: 2048-2048-128 with BN after each layer, the output's too, as the official
+    # TF code (whose output BN has no shift; here it has one).
+    projector: tuple[int, ...] = (2048, 128)
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+class SimCLR(Method):
+    Config = SimCLRConfig
+
+    def __init__(self, backbone, config: SimCLRConfig, *, global_batch: int):
+        super().__init__(backbone)
+        self.config = config
+        self.projector = mlp([backbone.num_features, *config.projector], norm_last=True)
+
+    def forward(self, views: list[torch.Tensor], step: Step) -> StepOutput:
+        """views: two (N, 3, H, W) batches, the same images in the same order."""
+        z = self.projector(self.backbone(torch.cat(views[:2])))   # (2N, D): one BN batch, as the paper
+        z1, z2 = z.chunk(2)
+        loss, candidates = nt_xent(z1, z2, self.config.temperature)
+        return StepOutput(loss, {"candidates": torch.tensor(float(candidates)), **health_metrics(z1)})

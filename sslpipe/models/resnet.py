@@ -1,0 +1,144 @@
+"""ResNet-18 and ResNet-50 backbones (He et al., https://arxiv.org/abs/1512.03385), in plain torch.nn.
+
+Version 1.5 as torchvision: the Bottleneck strides in its 3x3 conv. State-dict keys, shapes and
+initialisation are identical to torchvision's `resnet18()` / `resnet50()`, so checkpoints load
+either way. `small_images=True` swaps in the CIFAR-style stem (3x3 stride-1 conv1, no max-pool).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sslpipe.errors import SslpipeError
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs plus the shortcut: (B, cin, H, W) -> (B, planes, H/stride, W/stride)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv(cin, planes, 3, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv(planes, planes, 3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand, plus the shortcut:
+    (B, cin, H, W) -> (B, 4 * planes, H/stride, W/stride)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv(cin, planes, 1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv(planes, planes, 3, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv(planes, planes * self.expansion, 1)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """Stem, four stages, global average pool, then `fc` (a Linear, or Identity for features).
+
+    forward: (B, 3, H, W) -> (B, num_classes), or (B, num_features) when `fc` is Identity.
+    """
+
+    def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, int, int, int], *,
+                 num_classes: int | None = None, small_images: bool = False,
+                 zero_init_residual: bool = False):
+        super().__init__()
+        self._inplanes = 64
+        if small_images:
+            self.conv1 = _conv(3, 64, 3)
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_images else nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._stage(block, 64, depths[0], 1)
+        self.layer2 = self._stage(block, 128, depths[1], 2)
+        self.layer3 = self._stage(block, 256, depths[2], 2)
+        self.layer4 = self._stage(block, 512, depths[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.num_features = 512 * block.expansion
+        self.fc = nn.Identity() if num_classes is None else nn.Linear(self.num_features, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each residual branch starts at zero: https://arxiv.org/abs/1706.02677
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def _stage(self, block: type[BasicBlock | Bottleneck], planes: int, depth: int, stride: int):
+        cout = planes * block.expansion
+        downsample = None
+        if stride != 1 or self._inplanes != cout:
+            downsample = nn.Sequential(_conv(self._inplanes, cout, 1, stride), nn.BatchNorm2d(cout))
+        blocks = [block(self._inplanes, planes, stride, downsample)]
+        blocks += [block(cout, planes) for _ in range(1, depth)]
+        self._inplanes = cout
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(*, num_classes: int | None = None, small_images: bool = False,
+             zero_init_residual: bool = False) -> ResNet:
+    """ResNet-18 (BasicBlock, 2-2-2-2), 11.7M parameters with a 1000-way fc; num_features 512."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, small_images=small_images,
+                  zero_init_residual=zero_init_residual)
+
+
+def resnet50(*, num_classes: int | None = None, small_images: bool = False,
+             zero_init_residual: bool = False) -> ResNet:
+    """ResNet-50 (Bottleneck, 3-4-6-3), 25.6M parameters with a 1000-way fc; num_features 2048."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, small_images=small_images,
+                  zero_init_residual=zero_init_residual)
+
+
+BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
+
+
+def build_backbone(name: str, *, small_images: bool = False, zero_init_residual: bool = False) -> ResNet:
+    """The named backbone without a classifier: forward (B, 3, H, W) -> (B, num_features)."""
+    if name not in BACKBONES:
+        raise SslpipeError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](small_images=small_images, zero_init_residual=zero_init_residual)

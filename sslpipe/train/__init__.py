@@ -1,0 +1,1 @@
+"""Training: the one loop (`loop.train`), its config, optimizer pieces, schedules, checkpoints."""

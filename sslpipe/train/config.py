@@ -1,0 +1,163 @@
+"""Training configuration: one dataclass per concern, filled from a recipe and `key=value` overrides.
+
+    config = load_config("recipes/simclr_small.yaml", ["optim.lr=0.5", "train.epochs=2"])
+
+A recipe (YAML) overrides the defaults below; an override replaces one value, given in YAML
+syntax (`data.batch_size=512`, `method.projector=[2048,128]`). Every key and value is checked
+against its field's type, and an error names the file or override and the key at fault.
+The `method` section's fields depend on `method.name` (each method declares its own `Config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from sslpipe.errors import SslpipeError
+from sslpipe.typed import build
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "demo-out/shards/train-*.tar"  # shard pattern or brace list, `.idx` beside each tar
+    pipeline: str = "simclr"       # a shipped spec's name or a YAML path
+    batch_size: int = 256          # global: over all processes (the papers' B); must divide evenly
+    decode: Literal["once", "roi"] = "once"
+    num_threads: int | None = None  # DALI threads per process (default: this process's share)
+    shuffle_buffer: int = 4096
+    channels_last: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet50"] = "resnet50"
+    small_images: bool = False     # 3x3 stride-1 stem and no max-pool, for 32-96 px images
+    zero_init_residual: bool = False
+    sync_bn: bool = False          # SyncBatchNorm across processes (SimCLR, SwAV, SimSiam)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["lars", "sgd"] = "sgd"
+    lr: float = 0.05               # base rate, scaled by `lr_scaling` from the global batch size
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # lr*B/256, lr*sqrt(B), or lr as is
+    final_lr_ratio: float = 0.0    # the cosine ends at this fraction of the peak rate
+    warmup_epochs: float = 0.0     # linear warmup from 0, then cosine
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    eta: float = 0.001             # LARS trust coefficient
+    exclude_bias_and_norm: bool = False  # no weight decay (nor LARS adaptation) on 1-D parameters
+    clip_grad_norm: float | None = None
+
+    def __post_init__(self):
+        for name in ("lr", "weight_decay", "final_lr_ratio", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    seed: int = 0
+    out: str = "out"               # runs go to <out>/<run>/
+    run: str | None = None         # default: the recipe's file name
+    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
+    checkpoint_every: int = 0      # steps; 0: at the end of each epoch only
+    keep_checkpoints: int = 2      # the newest step checkpoints kept (`last.pt` always)
+    log_every: int = 10            # steps between metrics.jsonl lines
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    max_steps: int | None = None   # stop after this many steps in all (schedules still span epochs)
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < (1 if name == "log_every" else 0):
+                raise ValueError(f"{name} must be >= {1 if name == 'log_every' else 0}")
+
+
+@dataclass(frozen=True)
+class Config:
+    method: object                 # the method's own Config dataclass, chosen by `method.name`
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
+    """The recipe's values over the defaults, then each `key=value` override over those."""
+    data, source = {}, "<defaults>"
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise SslpipeError(f"{path}: no such recipe file")
+        source = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SslpipeError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise SslpipeError(f"{path}: a recipe is a mapping of sections (method, {', '.join(SECTIONS)})")
+    run = Path(recipe).stem if recipe else "run"
+    config = parse_config(data, source, run)
+    for override in overrides:  # checked one by one, so that an error names the override at fault
+        _apply_override(data, override)
+        config = parse_config(data, f"override {override!r}", run)
+    return config
+
+
+def parse_config(data: dict, source: str, default_run: str = "run") -> Config:
+    from sslpipe.methods import METHODS  # the method registry imports torch: only when needed
+
+    unknown = sorted(set(data) - {"method", *SECTIONS})
+    if unknown:
+        raise SslpipeError(f"{source}: {unknown[0]}: unknown section "
+                           f"(expected method, {', '.join(SECTIONS)})")
+    method = data.get("method")
+    if not isinstance(method, dict) or "name" not in method:
+        raise SslpipeError(f"{source}: method.name: required (one of {', '.join(METHODS)})")
+    method = dict(method)
+    name = method.pop("name")
+    if name not in METHODS:
+        raise SslpipeError(f"{source}: method.name: unknown method {name!r} (one of {', '.join(METHODS)})")
+    sections = {key: build(cls, data.get(key) or {}, key, source) for key, cls in SECTIONS.items()}
+    if sections["train"].run is None:
+        sections["train"] = dataclasses.replace(sections["train"], run=default_run)
+    return Config(method=build(METHODS[name].Config, method, "method", source), **sections)
+
+
+def _apply_override(data: dict, override: str) -> None:
+    """`section.key=value` (value in YAML syntax) into the nested mapping `data`."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise SslpipeError(f"override {override!r}: expected section.key=value, e.g. optim.lr=0.5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SslpipeError(f"override {override!r}: the value is not valid YAML: {e}") from None
+    section, name = parts
+    if section != "method" and section not in SECTIONS:
+        raise SslpipeError(f"override {override!r}: {section}: unknown section "
+                           f"(expected method, {', '.join(SECTIONS)})")
+    current = data.setdefault(section, {})
+    if not isinstance(current, dict):
+        raise SslpipeError(f"override {override!r}: {section} is not a mapping in the recipe")
+    current[name] = value

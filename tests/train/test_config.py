@@ -1,0 +1,111 @@
+"""Recipes and overrides: typed, checked, and every error names the file or override and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from sslpipe.errors import SslpipeError
+from sslpipe.methods import METHODS
+from sslpipe.pipeline.spec import load_spec
+from sslpipe.train.config import load_config
+
+ROOT = Path(__file__).parents[2]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def recipe(tmp_path, text, name="mine.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_loads_and_names_a_shipped_pipeline(path):
+    config = load_config(path)
+    assert config.train.run == path.stem
+    assert load_spec(config.data.pipeline).views  # the pipeline exists and parses
+
+
+def test_the_shipped_recipes_cover_every_method_at_both_scales():
+    names = {p.stem for p in RECIPES}
+    for method in ("simclr", "mocov2", "swav", "simsiam"):
+        assert f"{method}_small" in names and f"{method}_r50_imagenet" in names
+
+
+def test_paper_hyperparameters_in_the_imagenet_recipes():
+    simclr = load_config(ROOT / "recipes" / "simclr_r50_imagenet.yaml")
+    assert (simclr.optim.name, simclr.data.batch_size, simclr.method.temperature) == ("lars", 4096, 0.1)
+    assert simclr.optim.exclude_bias_and_norm and simclr.model.sync_bn
+    moco = load_config(ROOT / "recipes" / "mocov2_r50_imagenet.yaml")
+    assert (moco.method.queue_size, moco.method.momentum, moco.method.temperature) == (65536, 0.999, 0.2)
+    assert (moco.optim.name, moco.optim.lr, moco.data.batch_size) == ("sgd", 0.03, 256)
+    assert moco.train.epochs == 200
+    swav = load_config(ROOT / "recipes" / "swav_r50_imagenet.yaml")
+    assert (swav.method.prototypes, swav.method.epsilon, swav.method.sinkhorn_iterations) == (3000, 0.05, 3)
+    assert load_spec(swav.data.pipeline).name == "swav_multicrop"
+    simsiam = load_config(ROOT / "recipes" / "simsiam_r50_imagenet.yaml")
+    assert (simsiam.data.batch_size, simsiam.optim.name, simsiam.optim.lr) == (512, "sgd", 0.05)
+    assert simsiam.method.fixed_predictor_lr and not simsiam.optim.exclude_bias_and_norm
+
+
+def test_overrides_replace_values_with_their_types(tmp_path):
+    config = load_config(ROOT / "recipes" / "simclr_small.yaml",
+                         ["optim.lr=0.5", "method.projector=[256, 64]", "train.max_steps=3",
+                          "model.sync_bn=false"])
+    assert config.optim.lr == 0.5 and config.method.projector == (256, 64)
+    assert config.train.max_steps == 3 and config.model.sync_bn is False
+    assert config.optim.name == "lars"  # untouched values keep the recipe's
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: {name: simclr}\noptim: {lr: fast}\n", r"mine.yaml: optim.lr: expected a number, got 'fast'"),
+    ("method: {name: simclr}\noptim: {lrr: 0.1}\n", r"mine.yaml: optim.lrr: unknown key"),
+    ("method: {name: simclr, queue_size: 10}\n", r"mine.yaml: method.queue_size: unknown key"),
+    ("method: {name: byol}\n", r"mine.yaml: method.name: unknown method 'byol'"),
+    ("data: {batch_size: 8}\n", r"mine.yaml: method.name: required"),
+    ("method: {name: simclr}\nextra: 1\n", r"mine.yaml: extra: unknown section"),
+    ("method: {name: simclr}\noptim: {name: adam}\n", r"mine.yaml: optim.name: expected one of lars, sgd"),
+    ("method: {name: simclr}\ndata: {batch_size: 0}\n", r"mine.yaml: data: batch_size must be >= 1"),
+    ("method: {name: simclr, temperature: -1}\n", r"mine.yaml: method: temperature must be > 0"),
+    ("method: {name: simclr}\nmodel: {sync_bn: 2}\n", r"mine.yaml: model.sync_bn: expected true or false"),
+    ("- a list\n", r"mine.yaml: a recipe is a mapping"),
+])
+def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
+    with pytest.raises(SslpipeError, match=message):
+        load_config(recipe(tmp_path, text))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=abc", r"override 'optim.lr=abc': optim.lr: expected a number"),
+    ("optim.learning_rate=1", r"override 'optim.learning_rate=1': optim.learning_rate: unknown key"),
+    ("lr=1", r"override 'lr=1': expected section.key=value"),
+    ("optim.lr", r"expected section.key=value"),
+    ("trainer.epochs=1", r"trainer: unknown section"),
+    ("train.epochs=1.5", r"train.epochs: expected an integer, got 1.5"),
+    ("method.name=nope", r"method.name: unknown method 'nope'"),
+])
+def test_bad_overrides_name_the_override_and_key(override, message):
+    with pytest.raises(SslpipeError, match=message):
+        load_config(ROOT / "recipes" / "simclr_small.yaml", [override])
+
+
+def test_a_missing_recipe_is_named(tmp_path):
+    with pytest.raises(SslpipeError, match="nowhere.yaml: no such recipe file"):
+        load_config(tmp_path / "nowhere.yaml")
+
+
+def test_every_method_config_has_defaults_for_all_fields():
+    for cls in METHODS.values():
+        cls.Config()  # a recipe may give only `method: {name: ...}`
+
+
+@pytest.mark.parametrize("name, kind, processes, machines",
+                         [("1gpu", "NO", 1, 1), ("8gpu", "MULTI_GPU", 8, 1),
+                          ("multinode", "MULTI_GPU", 32, 4)])
+def test_accelerate_configs_load(name, kind, processes, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.name == kind
+    assert (config.num_processes, config.num_machines) == (processes, machines)
+    assert config.mixed_precision == "bf16"

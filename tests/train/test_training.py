@@ -1,0 +1,176 @@
+"""The training loop in one process on the fixture photos: run folder, exact resume, non-finite
+losses, checkpoint crashes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslpipe.cli import main
+from sslpipe.errors import SslpipeError
+from sslpipe.methods import SimCLR
+from sslpipe.models import resnet18
+from sslpipe.train import checkpoint as checkpoint_module
+from sslpipe.train.checkpoint import load_checkpoint
+from sslpipe.train.config import load_config
+from sslpipe.train.loop import train
+
+RECIPES = Path(__file__).parents[2] / "recipes"
+# Small and quick: ResNet-18 on 64 px views, batch 8 (5 steps per epoch on the fixture's photos).
+STEPS_PER_EPOCH = 5
+SMALL = {"simclr": ["method.projector=[64, 32]"],
+         "mocov2": ["method.head=[64, 32]", "method.queue_size=32", "method.bn_splits=2"],
+         "swav": ["method.projector=[64, 32]", "method.prototypes=20", "method.freeze_prototypes_steps=2",
+                  "method.queue_length=16", "method.queue_start_epoch=0"],
+         "simsiam": ["method.projector=[64, 64]", "method.predictor_hidden=16"]}
+
+
+def config(method, shards, out, *overrides):
+    return load_config(RECIPES / f"{method}_small.yaml",
+                       [f"data.train={shards}", "data.batch_size=8", f"train.out={out}", "train.epochs=2",
+                        "train.log_every=1", "data.num_threads=1", *SMALL[method], *overrides])
+
+
+def final_state(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def assert_identical(a, b, where=""):
+    """Bit-for-bit equality of nested checkpoint states."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_a_run_writes_its_folder(photo_shards, tmp_path):
+    run_dir = train(config("simclr", photo_shards, tmp_path))
+    assert run_dir == tmp_path / "simclr_small"
+    resolved = (run_dir / "config.yaml").read_text()
+    assert "git:" in resolved and "peak_lr:" in resolved and f"steps_per_epoch: {STEPS_PER_EPOCH}" in resolved
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    for key in ("loss", "lr", "momentum", "embedding_std", "embedding_std_ref", "images_per_s", "data_wait"):
+        assert all(key in r for r in rows), key
+    assert rows[0]["lr"] == 0.0 and rows[3]["lr"] > 0  # one warmup epoch from 0
+    assert rows[0]["candidates"] == 16  # 2N views in one process
+    assert 0 <= rows[-1]["data_wait"] <= 1
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["last.pt", "step-00000005.pt", "step-00000010.pt"]  # epoch ends
+    backbone = load_file(run_dir / "backbone.safetensors")
+    reference = resnet18()  # torchvision's keys, without the classifier
+    assert backbone.keys() == reference.state_dict().keys()
+    reference.load_state_dict(backbone)
+    assert torch.equal(backbone["conv1.weight"], final_state(run_dir)["model"]["backbone.conv1.weight"])
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "swav", "simsiam"])
+def test_n_steps_then_resume_then_n_steps_equals_2n_steps_bit_for_bit(photo_shards, tmp_path, method):
+    # 3 + 4 steps cross the epoch boundary after step 5 (the loader starts a new epoch's pipeline).
+    whole = train(config(method, photo_shards, tmp_path / "whole", "train.max_steps=7"))
+    cut = config(method, photo_shards, tmp_path / "cut", "train.max_steps=3")
+    train(cut)
+    assert final_state(tmp_path / "cut" / f"{method}_small")["step"] == 3
+    resumed = train(config(method, photo_shards, tmp_path / "cut", "train.max_steps=7"), resume="auto")
+    a, b = final_state(whole), final_state(resumed)
+    assert a["step"] == b["step"] == 7
+    for key in ("model", "optimizer", "ranks"):
+        assert_identical(a[key], b[key], key)
+    lines = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    drop_timing = lambda row: {k: v for k, v in row.items() if k not in ("images_per_s", "data_wait")}  # noqa: E731
+    assert [drop_timing(r) for r in lines(whole)] == [drop_timing(r) for r in lines(resumed)]
+
+
+def test_resume_refuses_a_changed_setting(photo_shards, tmp_path):
+    train(config("simclr", photo_shards, tmp_path, "train.max_steps=2"))
+    with pytest.raises(SslpipeError, match="cannot resume from .*last.pt: optim.lr was 0.3, now 0.5"):
+        train(config("simclr", photo_shards, tmp_path, "optim.lr=0.5"), resume="auto")
+    with pytest.raises(SslpipeError, match="already holds checkpoints: add --resume"):
+        train(config("simclr", photo_shards, tmp_path))
+    with pytest.raises(SslpipeError, match="nowhere: no checkpoint there"):
+        train(config("simclr", photo_shards, tmp_path), resume=tmp_path / "nowhere")
+
+
+def nan_at_step(monkeypatch, index):
+    forward = SimCLR.forward
+
+    def poisoned(self, views, step):
+        out = forward(self, views, step)
+        if step.index == index:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "forward", poisoned)
+
+
+def test_a_nonfinite_loss_stops_with_the_last_good_checkpoint_intact(photo_shards, tmp_path, monkeypatch):
+    nan_at_step(monkeypatch, 2)
+    with pytest.raises(SslpipeError, match=r"the loss is nan at step 2 \(epoch 0\); stopped before updating"):
+        train(config("simclr", photo_shards, tmp_path, "train.checkpoint_every=1"))
+    last = final_state(tmp_path / "simclr_small")
+    assert last["step"] == 2  # steps 0 and 1 were good; step 2 changed nothing
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_a_nonfinite_loss_can_be_skipped_and_counted(photo_shards, tmp_path, monkeypatch):
+    nan_at_step(monkeypatch, 2)
+    run_dir = train(config("simclr", photo_shards, tmp_path, "train.nonfinite_loss=skip",
+                           "train.max_steps=4"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1]
+    model = final_state(run_dir)["model"]
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(photo_shards, tmp_path, monkeypatch):
+    saves, save = [], torch.save
+
+    def crash_on_the_third(state, f):
+        saves.append(1)
+        if len(saves) == 3:
+            f.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        save(state, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        train(config("simclr", photo_shards, tmp_path, "train.checkpoint_every=1"))
+    folder = tmp_path / "simclr_small" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "step-00000001.pt", "step-00000002.pt"]
+    assert load_checkpoint(folder / "last.pt")["step"] == 2
+    monkeypatch.undo()
+    train(config("simclr", photo_shards, tmp_path, "train.checkpoint_every=1", "train.max_steps=3"),
+          resume="auto")
+    assert final_state(tmp_path / "simclr_small")["step"] == 3
+
+
+def test_old_checkpoints_are_pruned_after_the_new_one_is_written(photo_shards, tmp_path):
+    run_dir = train(config("simclr", photo_shards, tmp_path, "train.checkpoint_every=1",
+                           "train.keep_checkpoints=1", "train.max_steps=3"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "step-00000003.pt"]
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SslpipeError, match="bad.pt: cannot load the checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_sslpipe_train_command(photo_shards, tmp_path, capsys):
+    code = main(["train", str(RECIPES / "mocov2_small.yaml"), f"data.train={photo_shards}",
+                 "data.batch_size=8", f"train.out={tmp_path}", "train.max_steps=1", *SMALL["mocov2"]])
+    assert code == 0
+    assert f"run folder: {tmp_path / 'mocov2_small'}" in capsys.readouterr().out
+    assert main(["train", str(RECIPES / "mocov2_small.yaml"), "optim.lr=fast"]) == 2
+    assert "sslpipe: error: override 'optim.lr=fast': optim.lr: expected a number" in capsys.readouterr().err
