@@ -38,10 +38,13 @@ BEGIN, END = "<!-- bench_train: begin -->", "<!-- bench_train: end -->"
 class ResidentLoader(loader_module.ViewLoader):
     """The pipeline's first batch, replayed from device memory: what training costs without input."""
 
+    resident = None
+
     def __iter__(self):
-        first = next(super().__iter__())
+        if self.resident is None:
+            self.resident = next(super().__iter__())
         for _ in range(len(self)):
-            yield first
+            yield self.resident
 
 
 def main() -> None:
@@ -103,8 +106,12 @@ def _section(results: dict, config, args) -> str:
         f"`{args.recipe.name}`: {config.method.__class__.__name__.removesuffix('Config')}, "
         f"{config.model.backbone}, pipeline `{config.data.pipeline}`, global batch {config.data.batch_size}, "
         f"{precision}. {args.steps} steps timed after {args.warmup}. *pipeline*: the shards through DALI "
-        "and Kornia as in training; *resident*: the same loop replaying one batch already in device "
-        "memory, the model's own limit. Data wait: the share of step time spent in the loader's `next()`.",
+        "and Kornia as in training; *resident*: the same loop replaying one batch kept in device "
+        "memory, the model's own limit. Data wait: the share of step time spent in the loader's `next()`."
+        + ("" if torch.cuda.is_available() else
+           " Without a GPU, decoding and augmenting share the CPU cores with the model, so the gap "
+           "measures that competition; the design's target (pipeline >= 97% of resident, data wait "
+           "<= 2%) is for a GPU feeding ResNet-50 and has not been measured yet."),
         "",
         "| feed | images/s | data wait | pipeline / resident |",
         "|---|---:|---:|---:|",

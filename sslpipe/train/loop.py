@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -29,7 +31,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from sslpipe.errors import SslpipeError
-from sslpipe.methods import METHODS, Method, Step
+from sslpipe.methods import METHODS, Method, Step, StepOutput
 from sslpipe.models import build_backbone
 from sslpipe.pipeline.loader import ViewLoader
 from sslpipe.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -48,8 +50,8 @@ RESUMABLE_CHANGES = {"train": {"max_steps", "checkpoint_every", "keep_checkpoint
 class Schedules:
     """Per-step values, (total_steps,) arrays: learning rate and EMA momentum (or None)."""
 
-    lr: object
-    ema_momentum: object | None
+    lr: np.ndarray
+    ema_momentum: np.ndarray | None
     peak_lr: float
 
 
@@ -149,7 +151,8 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
                     ema_momentum=float(momentum[index]) if momentum is not None else 0.0)
         with acc.autocast():
             out = state.model(batch.views, step)
-        if _nonfinite(acc, out.loss):
+        skip = _nonfinite(acc, out.loss)
+        if skip:
             state.skipped += 1
             if config.train.nonfinite_loss == "stop":
                 raise SslpipeError(
@@ -165,11 +168,12 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
             state.optimizer.step()
         state.step += 1
         done_in_epoch += 1
-        window.add(out, waited, time.perf_counter() - started, batch.views[0].shape[0] * acc.num_processes)
+        window.add(None if skip else out, waited, time.perf_counter() - started,
+                   batch.views[0].shape[0] * acc.num_processes)
 
         if state.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
             row = window.flush(acc, state, epoch)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}",
+            bar.set_postfix(loss=f"{row.get('loss', math.nan):.4f}", img_s=f"{row['images_per_s']:.0f}",
                             data_wait=f"{row['data_wait']:.0%}", refresh=False)
         bar.update(1)
         every = config.train.checkpoint_every
@@ -180,23 +184,28 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
 
 
 class Window:
-    """Metrics accumulated between two log lines; `flush` averages them over steps and processes."""
+    """Metrics accumulated between two log lines; `flush` averages them over steps and processes.
+    The metrics stay on the device until `flush`: no host sync per step for logging."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.steps, self.waited, self.elapsed, self.images = 0, 0.0, 0.0, 0
+        self.measured, self.waited, self.elapsed, self.images = 0, 0.0, 0.0, 0
 
-    def add(self, out, waited: float, elapsed: float, images: int) -> None:
-        for name, value in {"loss": out.loss, **out.metrics}.items():
-            value = value.detach().float().to(out.loss.device)
-            self.sums[name] = self.sums.get(name, 0) + value
-        self.steps, self.waited, self.elapsed = self.steps + 1, self.waited + waited, self.elapsed + elapsed
+    def add(self, out: StepOutput | None, waited: float, elapsed: float, images: int) -> None:
+        """One step's timing, and its metrics unless it was skipped (`out` None: a non-finite loss)."""
+        if out is not None:
+            for name, value in {"loss": out.loss, **out.metrics}.items():
+                self.sums[name] = self.sums.get(name, 0) + value.detach().float().to(out.loss.device)
+            self.measured += 1
+        self.waited, self.elapsed = self.waited + waited, self.elapsed + elapsed
         self.images += images
 
     def flush(self, acc: Accelerator, state: TrainState, epoch: int) -> dict:
-        names = sorted(self.sums)
-        means = acc.reduce(torch.stack([self.sums[n] for n in names]) / self.steps, reduction="mean")
-        row = {"step": state.step, "epoch": epoch, **dict(zip(names, means.tolist())),
+        names, means = sorted(self.sums), []
+        if names:  # every process skips the same steps, so all take part in this reduce or none
+            means = acc.reduce(torch.stack([self.sums[n] for n in names]) / self.measured, reduction="mean")
+            means = means.tolist()
+        row = {"step": state.step, "epoch": epoch, **dict(zip(names, means)),
                "lr": state.optimizer.param_groups[0]["lr"],
                "momentum": state.config.optim.momentum,
                "images_per_s": self.images / self.elapsed,

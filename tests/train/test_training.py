@@ -128,6 +128,7 @@ def test_a_nonfinite_loss_can_be_skipped_and_counted(photo_shards, tmp_path, mon
                            "train.max_steps=4"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1]
+    assert "loss" not in rows[2] and all(r["loss"] > 0 for r in rows if r["step"] != 3)  # no nan logged
     model = final_state(run_dir)["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
 
