@@ -75,6 +75,8 @@ class TrainConfig:
     checkpoint_every: int = 0      # steps; 0: at the end of each epoch only
     keep_checkpoints: int = 2      # the newest step checkpoints kept (`last.pt` always)
     log_every: int = 10            # steps between metrics.jsonl lines
+    # A nan/inf loss: "stop" before the weights change; "skip" the update and count it (the
+    # forward already ran: MoCo's and SwAV's queues keep that step's keys).
     nonfinite_loss: Literal["stop", "skip"] = "stop"
     max_steps: int | None = None   # stop after this many steps in all (schedules still span epochs)
 
