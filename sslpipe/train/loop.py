@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -94,7 +95,8 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
     if checkpoint is not None:
         step = _restore(checkpoint, config, accelerator, method, optimizer, loader)
     if accelerator.is_main_process:
-        _write_config(run_dir, config, world, steps_per_epoch, total_steps, schedules, checkpoint, sync_bn)
+        _write_config(run_dir, config, accelerator, steps_per_epoch, total_steps, schedules, checkpoint,
+                      sync_bn)
     if accelerator.log_with:
         accelerator.init_trackers("tensorboard")  # <run folder>/tensorboard/
     metrics_file = run_dir / "metrics.jsonl"
@@ -235,6 +237,10 @@ def _accelerator(config: Config) -> Accelerator:
         precision = "bf16" if cuda else "no"
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     run_dir = Path(config.train.out) / config.train.run
+    # Accelerate keeps the first Accelerator's settings in a process-wide singleton; a process
+    # that trains twice (a notebook, the tests) gets each run's own precision. The distributed
+    # state (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a machine without CUDA: Accelerate then runs several processes over gloo.
     return Accelerator(cpu=not cuda, mixed_precision=precision, project_dir=str(run_dir),
                        log_with="tensorboard" if tensorboard else None)
@@ -342,11 +348,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _write_config(run_dir: Path, config: Config, world: int, steps_per_epoch: int, total_steps: int,
+def _write_config(run_dir: Path, config: Config, acc: Accelerator, steps_per_epoch: int, total_steps: int,
                   schedules: Schedules, checkpoint: Path | None, sync_bn: bool) -> None:
+    world = acc.num_processes
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {**config.to_dict(),
-                "resolved": {"git": _git_sha(), "processes": world, "sync_bn": sync_bn,
+                "resolved": {"git": _git_sha(), "processes": world, "device": str(acc.device),
+                             "precision": acc.mixed_precision, "sync_bn": sync_bn,
                              "batch_per_process": config.data.batch_size // world,
                              "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                              "peak_lr": schedules.peak_lr,

@@ -175,3 +175,14 @@ def test_sslpipe_train_command(photo_shards, tmp_path, capsys):
     assert f"run folder: {tmp_path / 'mocov2_small'}" in capsys.readouterr().out
     assert main(["train", str(RECIPES / "mocov2_small.yaml"), "optim.lr=fast"]) == 2
     assert "sslpipe: error: override 'optim.lr=fast': optim.lr: expected a number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["simclr", "swav"])
+def test_bf16_autocast_trains_with_float32_losses(photo_shards, tmp_path, method):
+    # On a GPU bf16 is the default; the CPU runs the same autocast path when asked.
+    run_dir = train(config(method, photo_shards, tmp_path, "train.precision=bf16", "train.max_steps=2"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert "precision: bf16" in (run_dir / "config.yaml").read_text()
+    model = final_state(run_dir)["model"]
+    assert all(v.dtype == torch.float32 for v in model.values() if v.is_floating_point())  # fp32 weights
