@@ -85,6 +85,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue from this run's last checkpoint, or from PATH (a .pt or a run folder)")
     train.set_defaults(run=_run_train)
 
+    evaluate = commands.add_parser(
+        "eval", help="kNN, linear probe, semi-supervised fine-tuning of a run's backbone (vs a random one)")
+    evaluate.add_argument("target", type=Path, metavar="RUN", help="a run folder or a checkpoint (.pt)")
+    evaluate.add_argument("--train", help="labelled train shards (default: the run's eval.train, data.train)")
+    evaluate.add_argument("--val", help="labelled held-out shards (default: the run's eval.val)")
+    evaluate.add_argument("--pipeline", help="evaluation spec (default: the run's eval.pipeline)")
+    evaluate.add_argument("--semisup", type=_fraction, nargs="*", default=[], metavar="FRACTION",
+                          help="fine-tune on these class-balanced fractions of the labels, e.g. 0.01 0.1")
+    evaluate.add_argument("--knn-k", type=_at_least(1), help="neighbours (default: 200; 20 for small sets)")
+    evaluate.add_argument("--linear-epochs", type=_at_least(1), default=100)
+    evaluate.add_argument("--finetune-epochs", type=_at_least(1), default=30)
+    evaluate.add_argument("--no-random", action="store_true", help="skip the random-initialisation baseline")
+    evaluate.add_argument("--device", help="cpu or cuda (default: cuda with a GPU)")
+    evaluate.set_defaults(run=_run_eval)
+
+    export = commands.add_parser("export", help="write a run's backbone as safetensors (torchvision's keys)")
+    export.add_argument("target", type=Path, metavar="RUN", help="a run folder or a checkpoint (.pt)")
+    export.add_argument("-o", "--out", type=Path, help="output folder (default: RUN/export)")
+    export.set_defaults(run=_run_export)
+
     demo = commands.add_parser("demo", help="the end-to-end example on data built from scikit-image photos")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--workers", type=_at_least(1), default=min(4, CORES))
@@ -116,6 +136,13 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verify", action="store_true", help="run `sslpipe verify` on the result")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(on_interrupt="; the complete shards are kept and the same command resumes")
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction in (0, 1] is needed, got {text}")
+    return value
 
 
 def _at_least(low, kind=int):
@@ -208,6 +235,26 @@ def _run_train(args) -> int:
 
     run_dir = train(load_config(args.recipe, args.overrides), resume=args.resume)
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    from sslpipe.eval.evaluate import evaluate_run, results_table
+
+    report = evaluate_run(args.target, train=args.train, val=args.val, pipeline=args.pipeline,
+                          semisup=tuple(args.semisup), random_baseline=not args.no_random, knn_k=args.knn_k,
+                          linear_epochs=args.linear_epochs, finetune_epochs=args.finetune_epochs,
+                          device=args.device)
+    print(f"{report['checkpoint']} (step {report['step']}), evaluated on {report['val']}:")
+    print(results_table(report["results"]))
+    return 0
+
+
+def _run_export(args) -> int:
+    from sslpipe.eval.export import export_run
+
+    out = export_run(args.target, args.out)
+    print(f"wrote {out / 'backbone.safetensors'} (torchvision's ResNet keys, without fc)")
     return 0
 
 

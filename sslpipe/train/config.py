@@ -89,18 +89,37 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Online weighted kNN on a labelled held-out split during pretraining (off without `val`)."""
+
+    val: str | None = None         # labelled shards held out from training, e.g. out/val-*.tar
+    train: str | None = None       # the kNN's labelled memory (default: data.train)
+    pipeline: str = "eval"         # centre crop, no randomness (small_eval for 64 px recipes)
+    every_epochs: int = 1          # 0: never during training
+    knn_k: int | None = None       # default: 200, or 20 for small sets (eval.knn.default_k)
+    knn_temperature: float = 0.07
+    batch_size: int = 256          # per process
+
+    def __post_init__(self):
+        if self.every_epochs < 0 or self.batch_size < 1 or self.knn_temperature <= 0:
+            raise ValueError("every_epochs >= 0, batch_size >= 1 and knn_temperature > 0 are required")
+
+
+@dataclass(frozen=True)
 class Config:
     method: object                 # the method's own Config dataclass, chosen by `method.name`
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+            "eval": EvalConfig}
 
 
 def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:

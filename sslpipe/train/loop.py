@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from sslpipe.errors import SslpipeError
+from sslpipe.eval.evaluate import knn_evaluation
 from sslpipe.methods import METHODS, Method, Step, StepOutput
 from sslpipe.models import build_backbone
 from sslpipe.pipeline.loader import ViewLoader
@@ -44,7 +45,9 @@ from sslpipe.train.schedules import scale_lr, warmup_cosine
 CHECKPOINT_VERSION = 1
 # Settings a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = {"train": {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
-                               "nonfinite_loss", "out", "run"}}
+                               "nonfinite_loss", "out", "run"},
+                     "eval": {"val", "train", "pipeline", "every_epochs", "knn_k", "knn_temperature",
+                              "batch_size"}}
 
 
 @dataclass
@@ -183,6 +186,25 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
                 or state.step == last_step:
             _save(state)
     bar.close()
+    online = config.eval.every_epochs
+    if done_in_epoch == state.steps_per_epoch and config.eval.val and online and (epoch + 1) % online == 0:
+        _online_knn(state, epoch)
+
+
+def _online_knn(state: TrainState, epoch: int) -> None:
+    """Weighted kNN top-1 of the backbone on the held-out split, logged with the epoch's metrics."""
+    acc, evaluation = state.accelerator, state.config.eval
+    memory = evaluation.train or state.config.data.train
+    result = knn_evaluation(state.method.backbone, memory, evaluation.val, pipeline=evaluation.pipeline,
+                            k=evaluation.knn_k, temperature=evaluation.knn_temperature,
+                            batch_size=evaluation.batch_size, device=acc.device)
+    row = {"step": state.step, "epoch": epoch, **{f"knn_{k}": v for k, v in result.items()}}
+    if acc.is_main_process:
+        with open(state.metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if acc.log_with:
+            acc.log({k: v for k, v in row.items() if k != "step"}, step=state.step)
+    acc.print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.1f}% (k={result['k']}) on {evaluation.val}")
 
 
 class Window:
@@ -328,7 +350,7 @@ def _check_same_run(path: Path, saved: dict, current: dict) -> None:
             if _plain(before) != _plain(value):
                 changeable = ", train.".join(sorted(RESUMABLE_CHANGES["train"]))
                 raise SslpipeError(f"cannot resume from {path}: {section}.{key} was {before!r}, "
-                                   f"now {value!r} (only train.{changeable} may change)")
+                                   f"now {value!r} (only the eval section and train.{changeable} may change)")
 
 
 def _plain(value):

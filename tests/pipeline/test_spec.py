@@ -6,7 +6,8 @@ from sslpipe.errors import SslpipeError
 from sslpipe.pipeline.spec import SHIPPED, Blur, ColorJitter, load_spec, parse_spec
 
 SHIPPED_NAMES = ["simclr", "mocov2", "byol", "swav_multicrop", "eval",
-                 "small_simclr", "small_mocov2", "small_swav_multicrop"]
+                 "small_simclr", "small_mocov2", "small_swav_multicrop", "finetune", "small_eval",
+                 "small_finetune"]
 
 
 def test_every_shipped_spec_loads_and_none_is_missing():
@@ -43,6 +44,11 @@ def test_shipped_values_follow_the_reference_table():
     (center,) = load_spec("eval").groups
     assert (center.crop, center.resize_to, center.size, center.flip) == ("center", 256, 224, 0.0)
     assert center.color_jitter is None and center.blur is None and not load_spec("eval").random
+    (small,) = load_spec("small_eval").groups
+    assert (small.crop, small.resize_to, small.size, small.flip) == ("center", 73, 64, 0.0)
+    for name, size in (("finetune", 224), ("small_finetune", 64)):
+        (crop,) = load_spec(name).groups
+        assert (crop.size, crop.scale, crop.flip, crop.color_jitter) == (size, (0.08, 1.0), 0.5, None)
     # The small (CIFAR-scale) versions: colour jitter of strength 0.5 and no blur.
     for name in ("small_simclr", "small_mocov2", "small_swav_multicrop"):
         for group in load_spec(name).groups:

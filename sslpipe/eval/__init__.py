@@ -1,0 +1,1 @@
+"""Evaluation protocols for pretrained backbones: kNN, linear probe, semi-supervised label subsets."""

@@ -1,0 +1,109 @@
+"""The evaluation protocols on a backbone, from shards: weighted kNN, linear probe, semi-supervised
+fine-tuning; and `sslpipe eval`, which runs them on a run's backbone and on a random one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslpipe.errors import SslpipeError
+from sslpipe.eval.export import backbone_state
+from sslpipe.eval.features import Features, extract_features
+from sslpipe.eval.finetune import finetune_subset
+from sslpipe.eval.knn import default_k, knn_accuracy
+from sslpipe.eval.linear import linear_probe
+from sslpipe.models import build_backbone
+from sslpipe.train.checkpoint import find_checkpoint, load_checkpoint
+
+
+def knn_evaluation(backbone: nn.Module, train: str, val: str, *, pipeline: str = "eval", k: int | None = None,
+                   temperature: float = 0.07, batch_size: int = 256, device="cpu") -> dict:
+    """Weighted kNN of `val` against `train` (labelled shards): {"top1", "top5", "k"}, in percent."""
+    train_features = extract_features(backbone, train, spec=pipeline, batch_size=batch_size, device=device,
+                                      desc="kNN memory")
+    val_features = extract_features(backbone, val, spec=pipeline, batch_size=batch_size, device=device,
+                                    desc="kNN queries")
+    return knn_result(train_features, val_features, k=k, temperature=temperature)
+
+
+def knn_result(train: Features, val: Features, *, k: int | None = None, temperature: float = 0.07) -> dict:
+    """Weighted kNN of `val`'s features against `train`'s: {"top1", "top5", "k"} in percent."""
+    k = k or default_k(len(train.keys))
+    return {**knn_accuracy(train.features, train.labels, val.features, val.labels, k=k,
+                           temperature=temperature), "k": k}
+
+
+def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None = None,
+                 pipeline: str | None = None, semisup: tuple[float, ...] = (), random_baseline: bool = True,
+                 knn_k: int | None = None, linear_epochs: int = 100, finetune_epochs: int = 30,
+                 finetune_pipeline: str | None = None, batch_size: int = 256, seed: int = 0,
+                 device: str | None = None) -> dict:
+    """Evaluate a run's backbone (its last checkpoint, or the checkpoint given) and, for
+    comparison, a randomly initialised one: kNN, linear probe and the `semisup` fractions.
+    Writes `<run>/eval.json` and returns its content."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = find_checkpoint(run)
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    online = config.get("eval", {})
+    train = train or online.get("train") or config["data"]["train"]
+    val = val or online.get("val")
+    if not val:
+        raise SslpipeError(f"{path}: the run names no labelled held-out split (eval.val): pass --val PATTERN")
+    pipeline = pipeline or online.get("pipeline") or "eval"
+    finetune_pipeline = finetune_pipeline or ("small_finetune" if pipeline == "small_eval" else "finetune")
+    model = config["model"]
+    pretrained = build_backbone(model["backbone"], small_images=model["small_images"])
+    pretrained.load_state_dict(backbone_state(checkpoint, path))
+    backbones = {"pretrained": pretrained}
+    if random_baseline:
+        torch.manual_seed(seed)
+        backbones["random"] = build_backbone(model["backbone"], small_images=model["small_images"],
+                                             zero_init_residual=model.get("zero_init_residual", False))
+    results = {}
+    for name, backbone in backbones.items():
+        backbone.to(device)
+        features = {split: extract_features(backbone, shards, spec=pipeline, batch_size=batch_size,
+                                            device=device, desc=f"{name}: {split} features")
+                    for split, shards in (("train", train), ("val", val))}
+        train_features, val_features = features["train"], features["val"]
+        classes = int(max(train_features.labels.max(), val_features.labels.max())) + 1
+        result = {"knn": knn_result(train_features, val_features, k=knn_k),
+                  "linear": linear_probe(train_features.features, train_features.labels,
+                                         val_features.features, val_features.labels, num_classes=classes,
+                                         epochs=linear_epochs, seed=seed)}
+        for fraction in semisup:
+            result[f"finetune_{fraction:g}"] = finetune_subset(
+                backbone, train, train_features, val, fraction=fraction, num_classes=classes,
+                epochs=finetune_epochs, seed=seed, pipeline=finetune_pipeline, eval_pipeline=pipeline,
+                device=device)
+        results[name] = result
+    report = {"checkpoint": str(path), "step": checkpoint["step"], "train": train, "val": val,
+              "pipeline": pipeline, "results": results}
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def results_table(results: dict) -> str:
+    """A markdown table: one row per protocol and metric, one column per backbone."""
+    names = list(results)
+    lines = ["| protocol | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for protocol, metrics in results[names[0]].items():
+        for metric in ("top1", "top5"):
+            if metric in metrics:
+                label = f"{_protocol_name(protocol, metrics)} {metric}"
+                cells = [f"{results[n][protocol][metric]:.1f}%" for n in names]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _protocol_name(protocol: str, metrics: dict) -> str:
+    if protocol == "knn":
+        return f"kNN (k={metrics['k']})"
+    if protocol == "linear":
+        return "linear probe"
+    return f"fine-tune on {metrics['fraction']:.0%} ({metrics['labelled']} labels)"
