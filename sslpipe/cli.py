@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the end-to-end example on data built from scikit-image photos")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--workers", type=_at_least(1), default=min(4, CORES))
-    demo.add_argument("--device", help="where the pipeline runs: cpu or cuda (default: cuda with a GPU)")
+    demo.add_argument("--device", help="where it runs: cpu or cuda (default: cuda with a GPU)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a smoke test of every step: tiny dataset, two epochs (meaningless accuracies)")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -259,9 +261,10 @@ def _run_export(args) -> int:
 
 
 def _run_demo(args) -> int:
-    from sslpipe.demo import run_demo
+    from sslpipe.demo import DEFAULT, QUICK, run_demo
 
-    return run_demo(args.out, workers=args.workers, device=args.device)
+    settings = QUICK if args.quick else DEFAULT
+    return run_demo(args.out, workers=args.workers, device=args.device, settings=settings)
 
 
 if __name__ == "__main__":

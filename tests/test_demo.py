@@ -1,15 +1,27 @@
-from sslpipe.demo import run_demo
+"""The README's main command, in its quick variant (every step, a tiny dataset, two epochs)."""
+
+import json
+
+from sslpipe.cli import main
+from sslpipe.demo import QUICK, run_demo
 
 
-def test_the_demo_runs_end_to_end_and_reruns(tmp_path, capsys):
-    assert run_demo(tmp_path, workers=2) == 0
+def test_the_demo_runs_end_to_end_and_reruns_into_a_fresh_run(tmp_path, capsys):
+    assert run_demo(tmp_path, workers=2, settings=QUICK) == 0
     first = capsys.readouterr().out
-    assert "train: found 207 = written 204 + rejected 3" in first
-    assert "demo finished" in first
-    assert "6 batches of 32 images (2 x 224 px each)" in first
-    assert (tmp_path / "views-simclr.png").stat().st_size > 10_000
-    assert "loss " in first and "over 9 steps" in first  # 3 epochs of 3 batches of 64
-    assert (tmp_path / "runs" / "simclr_small" / "backbone.safetensors").is_file()
-    assert run_demo(tmp_path, workers=1) == 0
+    for step in range(1, 7):
+        assert f"[{step}/6]" in first
+    assert "train: found 80 = written 80 + rejected 0" in first
+    assert "| kNN (k=20) top1 |" in first and "| linear probe top1 |" in first
+    run = tmp_path / "runs" / "simclr-001"
+    report = json.loads((run / "eval.json").read_text())
+    assert set(report["results"]) == {"pretrained", "random"}
+    assert (run / "backbone.safetensors").is_file() and (tmp_path / "views.png").is_file()
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "knn_top1" in r] == [0, 1]  # the online kNN on val
+
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--workers", "1"]) == 0
     second = capsys.readouterr().out
-    assert "reusing the ImageNet-like dataset" in second and "already complete" in second
+    assert "reusing the digits dataset" in second and "already complete" in second
+    assert (tmp_path / "runs" / "simclr-002" / "eval.json").is_file()

@@ -7,7 +7,7 @@ from sslpipe.pipeline.spec import SHIPPED, Blur, ColorJitter, load_spec, parse_s
 
 SHIPPED_NAMES = ["simclr", "mocov2", "byol", "swav_multicrop", "eval",
                  "small_simclr", "small_mocov2", "small_swav_multicrop", "finetune", "small_eval",
-                 "small_finetune"]
+                 "small_finetune", "demo_simclr", "demo_eval"]
 
 
 def test_every_shipped_spec_loads_and_none_is_missing():
