@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="fine-tune on these class-balanced fractions of the labels, e.g. 0.01 0.1")
     evaluate.add_argument("--knn-k", type=_at_least(1), help="neighbours (default: 200; 20 for small sets)")
     evaluate.add_argument("--linear-epochs", type=_at_least(1), default=100)
+    evaluate.add_argument("--augmented-probe-epochs", type=_at_least(0), default=0, metavar="N",
+                          help="also the linear probe trained on augmented views for N epochs (slower)")
     evaluate.add_argument("--finetune-epochs", type=_at_least(1), default=30)
     evaluate.add_argument("--no-random", action="store_true", help="skip the random-initialisation baseline")
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda with a GPU)")
@@ -246,6 +248,7 @@ def _run_eval(args) -> int:
     report = evaluate_run(args.target, train=args.train, val=args.val, pipeline=args.pipeline,
                           semisup=tuple(args.semisup), random_baseline=not args.no_random, knn_k=args.knn_k,
                           linear_epochs=args.linear_epochs, finetune_epochs=args.finetune_epochs,
+                          augmented_probe_epochs=args.augmented_probe_epochs,
                           device=args.device)
     print(f"{report['checkpoint']} (step {report['step']}), evaluated on {report['val']}:")
     print(results_table(report["results"]))

@@ -12,7 +12,7 @@ from torch import nn
 from sslpipe.errors import SslpipeError
 from sslpipe.eval.export import backbone_state
 from sslpipe.eval.features import Features, extract_features
-from sslpipe.eval.finetune import finetune_subset
+from sslpipe.eval.finetune import augmented_linear_probe, finetune_subset
 from sslpipe.eval.knn import default_k, knn_accuracy
 from sslpipe.eval.linear import linear_probe
 from sslpipe.models import build_backbone
@@ -38,12 +38,14 @@ def knn_result(train: Features, val: Features, *, k: int | None = None, temperat
 
 def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None = None,
                  pipeline: str | None = None, semisup: tuple[float, ...] = (), random_baseline: bool = True,
-                 knn_k: int | None = None, linear_epochs: int = 100, finetune_epochs: int = 30,
+                 knn_k: int | None = None, linear_epochs: int = 100, augmented_probe_epochs: int = 0,
+                 finetune_epochs: int = 30,
                  finetune_pipeline: str | None = None, batch_size: int = 256, seed: int = 0,
                  device: str | None = None) -> dict:
     """Evaluate a run's backbone (its last checkpoint, or the checkpoint given) and, for
-    comparison, a randomly initialised one: kNN, linear probe and the `semisup` fractions.
-    Writes `<run>/eval.json` and returns its content."""
+    comparison, a randomly initialised one: kNN, linear probe on precomputed features, the linear
+    probe with augmentation when `augmented_probe_epochs` > 0, and fine-tuning on the `semisup`
+    fractions. Writes `<run>/eval.json` and returns its content."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = find_checkpoint(run)
     checkpoint = load_checkpoint(path)
@@ -75,6 +77,11 @@ def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None =
                   "linear": linear_probe(train_features.features, train_features.labels,
                                          val_features.features, val_features.labels, num_classes=classes,
                                          epochs=linear_epochs, seed=seed)}
+        if augmented_probe_epochs:
+            result["linear_augmented"] = augmented_linear_probe(
+                backbone, train, val, num_classes=classes, epochs=augmented_probe_epochs, seed=seed,
+                batch_size=min(batch_size, len(train_features.keys)), pipeline=finetune_pipeline,
+                eval_pipeline=pipeline, device=device)
         for fraction in semisup:
             result[f"finetune_{fraction:g}"] = finetune_subset(
                 backbone, train, train_features, val, fraction=fraction, num_classes=classes,
@@ -106,4 +113,6 @@ def _protocol_name(protocol: str, metrics: dict) -> str:
         return f"kNN (k={metrics['k']})"
     if protocol == "linear":
         return "linear probe"
+    if protocol == "linear_augmented":
+        return f"linear probe, augmented ({metrics['epochs']} epochs)"
     return f"fine-tune on {metrics['fraction']:.0%} ({metrics['labelled']} labels)"

@@ -56,4 +56,5 @@ def plot_run(run_dir: Path, results: dict, out: Path) -> Path:
 def _label(protocol: str) -> str:
     if protocol.startswith("finetune_"):
         return f"fine-tune {float(protocol.split('_')[1]):.0%}"
-    return {"knn": "kNN", "linear": "linear probe"}.get(protocol, protocol)
+    return {"knn": "kNN", "linear": "linear probe", "linear_augmented": "linear probe\n(augmented)"}.get(
+        protocol, protocol)

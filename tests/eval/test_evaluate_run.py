@@ -40,17 +40,18 @@ def test_the_online_knn_is_logged_after_every_epoch(run_dir):
 
 def test_eval_compares_the_run_with_a_random_backbone(run_dir, photo_shards):
     report = evaluate_run(run_dir, val=photo_shards, semisup=(0.5,), linear_epochs=5, finetune_epochs=1,
-                          device="cpu")
+                          augmented_probe_epochs=1, device="cpu")
     assert set(report["results"]) == {"pretrained", "random"}
     for result in report["results"].values():
-        assert set(result) == {"knn", "linear", "finetune_0.5"}
+        assert set(result) == {"knn", "linear", "linear_augmented", "finetune_0.5"}
         assert all(0 <= result[p]["top1"] <= 100 and "top5" in result[p] for p in result)
     labelled = {r["finetune_0.5"]["labelled"] for r in report["results"].values()}
     assert len(labelled) == 1 and labelled.pop() >= 5  # the same subset for both, every class in it
     assert json.loads((run_dir / "eval.json").read_text()) == report
     table = results_table(report["results"])
     assert "| kNN (k=20) top1 |" in table and "| linear probe top1 |" in table
-    assert "fine-tune on 50%" in table and table.splitlines()[0] == "| protocol | pretrained | random |"
+    assert "fine-tune on 50%" in table and "| linear probe, augmented (1 epochs) top1 |" in table
+    assert table.splitlines()[0] == "| protocol | pretrained | random |"
 
 
 def test_eval_needs_a_held_out_split(tmp_path, photo_shards):
