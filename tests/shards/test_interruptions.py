@@ -80,7 +80,10 @@ def test_kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run(root, tmp_p
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(root, tmp_path, reference):
     out = tmp_path / "interrupted"
     # Its own process group, so that the signal reaches the workers too, as Ctrl-C in a terminal.
-    process = converter(root, out, workers=2, start_new_session=True)
+    # SIGINT set back to its default: a test run started in the background (`cmd &` in a script)
+    # inherits it ignored, and Python then never raises KeyboardInterrupt.
+    process = converter(root, out, workers=2, start_new_session=True,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_shards(process, out, 3)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=60) == 130
