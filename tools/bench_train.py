@@ -88,7 +88,6 @@ def _rates(metrics: Path, warmup: int, batch: int) -> dict:
 
 
 def _section(results: dict, config, args) -> str:
-    import kornia
     import nvidia.dali
 
     real, resident = results["pipeline"], results["resident"]
@@ -106,8 +105,9 @@ def _section(results: dict, config, args) -> str:
         f"`{args.recipe.name}`: {config.method.__class__.__name__.removesuffix('Config')}, "
         f"{config.model.backbone}, pipeline `{config.data.pipeline}`, global batch {config.data.batch_size}, "
         f"{precision}. {args.steps} steps timed after {args.warmup}. *pipeline*: the shards through DALI "
-        "and Kornia as in training; *resident*: the same loop replaying one batch kept in device "
-        "memory, the model's own limit. Data wait: the share of step time spent in the loader's `next()`."
+        "and the photometric stage as in training; *resident*: the same loop replaying one batch kept in "
+        "device memory, the model's own limit. Data wait: the share of step time spent in the loader's "
+        "`next()`."
         + ("" if torch.cuda.is_available() else
            " Without a GPU, decoding and augmenting share the CPU cores with the model, so the gap "
            "measures that competition; the design's target (pipeline >= 97% of resident, data wait "
@@ -120,8 +120,7 @@ def _section(results: dict, config, args) -> str:
         f"| resident | {resident['images_per_s']:,.1f} | {resident['data_wait']:.1%} | |",
         "",
         f"- Machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores{gpu}; {platform.platform()}",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, DALI {nvidia.dali.__version__}, "
-        f"kornia {kornia.__version__}",
+        f"- Python {platform.python_version()}, torch {torch.__version__}, DALI {nvidia.dali.__version__}",
         "- Shards: "
         + (f"`{args.shards}`" if args.shards else "an ImageNet-like fixture (~90 KB real-photo JPEGs)"),
         f"- Command: `{command}`",

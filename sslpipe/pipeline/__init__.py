@@ -1,5 +1,5 @@
-"""Augmentation pipelines: spec (YAML) -> DALI stage (read, decode, crop, flip) -> Kornia stage
-(jitter, grayscale, blur, solarize, normalize) -> batches of views on the device.
+"""Augmentation pipelines: spec (YAML) -> DALI stage (read, decode, crop, flip) -> photometric
+stage (jitter, grayscale, blur, solarize, normalize) -> batches of views on the device.
 
     from sslpipe.pipeline import ViewLoader
 

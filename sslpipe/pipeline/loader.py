@@ -7,7 +7,8 @@
             ...
 
 Stages, top to bottom: shard list (checked) -> DALI (read, decode, crop, flip; one pipeline
-per epoch) -> uint8 views grouped by size -> Kornia (jitter, gray, blur, solarize, normalize).
+per epoch) -> uint8 views grouped by size -> photometric stage (jitter, gray, blur, solarize,
+normalize).
 
 Epoch semantics: every rank gets `len(loader)` batches per epoch, no sample twice in an epoch.
 Training drops each rank's remainder (at most `batch_size` samples); evaluation (`train=False`)
@@ -46,15 +47,15 @@ class Batch:
 
 
 class ViewLoader:
-    """Augmented views of every image in WebDataset shards, built by DALI and Kornia.
+    """Augmented views of every image in WebDataset shards, cropped by DALI, augmented by torch ops.
 
     Args:
         spec: a `PipelineSpec`, a YAML path, or a shipped spec's name (`"simclr"`).
         shards: a glob or brace pattern (`"out/train-*.tar"`) or a list of tar paths, each with
             its DALI `.idx` beside it (as `sslpipe convert` writes them).
         batch_size: images per batch per rank (each gives one sample in every view).
-        device: `"cpu"` (DALI CPU operators, Kornia on CPU tensors) or `"cuda"`/`"cuda:N"` (DALI
-            mixed decoding with the hardware JPEG decoder, Kornia on the GPU).
+        device: `"cpu"` (DALI CPU operators, the photometric ops on CPU tensors) or `"cuda"`/`"cuda:N"`
+            (DALI mixed decoding with the hardware JPEG decoder, the photometric ops on the GPU).
         rank, world_size: this process's place; default from `torch.distributed` when initialized.
         seed: shard order, shuffle and augmentation randomness derive from (seed, epoch, rank).
         train: shuffle and drop each rank's last partial batch; `False` reads in order and keeps it.
@@ -220,7 +221,7 @@ class ViewLoader:
                                  device=self.device)
             for slot, i in enumerate(members):
                 _copy(views[i], images[slot * self.batch_size:(slot + 1) * self.batch_size])
-            # NHWC -> NCHW as a channels-last view: no copy, and Kornia accepts any strides.
+            # NHWC -> NCHW as a channels-last view: no copy; the stage accepts any strides.
             augmented = stage(images.permute(0, 3, 1, 2), generator)
             for slot, i in enumerate(members):
                 out[i] = augmented[slot * self.batch_size:slot * self.batch_size + count]
@@ -232,7 +233,7 @@ class ViewLoader:
 
 def _size_groups(spec: PipelineSpec) -> list[tuple[int, list[int]]]:
     """Views of one size (and blur kernel) are augmented together as one tensor, e.g. SwAV's six
-    96-px views: one Kornia call per group instead of one per view."""
+    96-px views: one photometric call per group instead of one per view."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, view in enumerate(spec.views):
         groups.setdefault((view.size, view.blur_kernel if view.blur else 0), []).append(i)

@@ -1,7 +1,7 @@
 """Pipeline specs: the views of a recipe, declared in YAML and loaded into frozen dataclasses.
 
 A spec is a list of view groups (`pipelines/*.yaml`). Each group makes `count` views of every
-image: a crop (DALI) followed by photometric augmentations (Kornia), in this order, as in
+image: a crop (DALI) followed by photometric augmentations (torch), in this order, as in
 SimCLR, BYOL and SwAV: crop, flip, color jitter, grayscale, blur, solarize, normalize.
 `load_spec` checks every key and value and names the file and key at fault.
 """

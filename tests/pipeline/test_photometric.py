@@ -284,6 +284,41 @@ def test_cpu_gather_path_equals_the_gpu_select_path():
     p = stage.sample(torch.Generator().manual_seed(5))
     assert 0 < int(p.blur.sum()) < 48 and 0 < int(p.solarize.sum()) < 48  # both kinds of samples
     gathered = stage.apply(imgs, p)
-    stage.gather = False
+    stage.blocks = False
     selected = stage.apply(imgs, p)
     assert torch.allclose(gathered, selected, atol=1e-6)
+
+
+def test_cpu_blocks_cover_the_batch_once_with_one_jitter_order_each():
+    stage = PhotometricStage(load_spec("simclr").views, 40, "cpu")
+    assert stage.cpu_block == 8 and PhotometricStage([view(size=96)], 1, "cpu").cpu_block == 43
+    p = stage.sample(torch.Generator().manual_seed(3))
+    seen = []
+    for order, index in stage._cpu_blocks(p):
+        assert 0 < len(index) <= stage.cpu_block
+        if order:
+            assert p.jitter[index].all() and (p.order[index] == torch.tensor(order)).all()
+        else:
+            assert not p.jitter[index].any()
+        seen += index.tolist()
+    assert sorted(seen) == list(range(80))
+
+
+def test_cpu_stage_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    stage = PhotometricStage([view(**FULL)], 2, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stage(images(2), torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+
+        def fail(*args):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("failed inside")
+
+        monkeypatch.setattr(stage, "_augment", fail)
+        with pytest.raises(RuntimeError, match="failed inside"):
+            stage(images(2), torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
