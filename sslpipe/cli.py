@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         "train", help="pretrain with a recipe (under `accelerate launch` for several processes)",
         description="Pretrain with a recipe. For several processes: "
                     "accelerate launch -m sslpipe.train RECIPE ...")
-    train.add_argument("recipe", type=Path, help="a recipe YAML, e.g. recipes/simclr_small.yaml")
+    train.add_argument("recipe", help="a recipe YAML (recipes/simclr_small.yaml) or a shipped recipe's name "
+                                      "(simclr_small)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="override a recipe value, e.g. optim.lr=0.5 data.batch_size=512")
     train.add_argument("--resume", nargs="?", const="auto", metavar="PATH",
@@ -91,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train", help="labelled train shards (default: the run's eval.train, data.train)")
     evaluate.add_argument("--val", help="labelled held-out shards (default: the run's eval.val)")
     evaluate.add_argument("--pipeline", help="evaluation spec (default: the run's eval.pipeline)")
+    evaluate.add_argument("--finetune-pipeline",
+                          help="spec of the fine-tuning and augmented probe (default: the run's eval.finetune_pipeline)")
+    evaluate.add_argument("--size", type=_at_least(1),
+                          help="rescale both specs to this size (default: the run's eval.size)")
     evaluate.add_argument("--semisup", type=_fraction, nargs="*", default=[], metavar="FRACTION",
                           help="fine-tune on these class-balanced fractions of the labels, e.g. 0.01 0.1")
     evaluate.add_argument("--knn-k", type=_at_least(1), help="neighbours (default: 200; 20 for small sets)")
@@ -243,10 +248,10 @@ def _run_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from sslpipe.eval.evaluate import evaluate_run, results_table
+    from sslpipe.runs.evaluate import evaluate_run, results_table
 
     report = evaluate_run(args.target, train=args.train, val=args.val, pipeline=args.pipeline,
-                          semisup=tuple(args.semisup), random_baseline=not args.no_random, knn_k=args.knn_k,
+                          finetune_pipeline=args.finetune_pipeline, size=args.size, semisup=tuple(args.semisup), random_baseline=not args.no_random, knn_k=args.knn_k,
                           linear_epochs=args.linear_epochs, finetune_epochs=args.finetune_epochs,
                           augmented_probe_epochs=args.augmented_probe_epochs,
                           device=args.device)
@@ -256,7 +261,7 @@ def _run_eval(args) -> int:
 
 
 def _run_export(args) -> int:
-    from sslpipe.eval.export import export_run
+    from sslpipe.runs.export import export_run
 
     out = export_run(args.target, args.out)
     print(f"wrote {out / 'backbone.safetensors'} (torchvision's ResNet keys, without fc)")

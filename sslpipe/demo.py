@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslpipe.errors import SslpipeError
+from sslpipe.files import shipped_recipe
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "simclr_demo.yaml"
+RECIPE = "simclr_demo"  # a shipped recipe (recipes/simclr_demo.yaml)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ def run_demo(out: Path, workers: int = 2, device: str | None = None, settings: D
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
-    dataset, shards = out / f"digits-{settings.size}px", out / f"shards-{settings.size}px"
-    _build_dataset(dataset, settings)
+    # The paths the *_small recipes and the config's default name: demo-out/shards/train-*.tar.
+    dataset, shards = out / "digits", out / "shards"
+    if _build_dataset(dataset, settings):
+        shutil.rmtree(shards, ignore_errors=True)  # shards of the previous dataset
 
     print(f"\n[2/6] converting {dataset} -> {shards}", flush=True)
     _convert(dataset, shards, workers)
@@ -75,8 +78,8 @@ def run_demo(out: Path, workers: int = 2, device: str | None = None, settings: D
     run_dir = train(config)
 
     print(f"\n[6/6] evaluating the pretrained backbone against a random one on {shards}/val-*", flush=True)
-    from sslpipe.eval.evaluate import evaluate_run, results_table
-    from sslpipe.eval.plot import plot_run
+    from sslpipe.runs.evaluate import evaluate_run, results_table
+    from sslpipe.runs.plot import plot_run
 
     report = evaluate_run(run_dir, val=str(shards / "val-*.tar"), linear_epochs=settings.linear_epochs,
                           device=device)
@@ -87,7 +90,8 @@ def run_demo(out: Path, workers: int = 2, device: str | None = None, settings: D
     return 0
 
 
-def _build_dataset(dataset: Path, settings: DemoSettings) -> None:
+def _build_dataset(dataset: Path, settings: DemoSettings) -> bool:
+    """Build the digits dataset unless `dataset` holds one of these settings; whether it built one."""
     try:
         from sslpipe.fixtures.digits import build_digits_dataset
     except ImportError as e:  # scikit-learn and scikit-image are the `demo` extra
@@ -98,12 +102,13 @@ def _build_dataset(dataset: Path, settings: DemoSettings) -> None:
     if described.is_file() and all(json.loads(described.read_text()).get(k) == v
                                     for k, v in arguments.items()):
         print(f"[1/6] reusing the digits dataset in {dataset}", flush=True)
-        return
+        return False
     shutil.rmtree(dataset, ignore_errors=True)  # an interrupted build, or other settings: start over
     print(f"[1/6] building the digits dataset in {dataset}: handwritten digits (scikit-learn) on "
           f"photo backgrounds (scikit-image), {settings.train_per_class} + {settings.val_per_class} "
           f"images per digit", flush=True)
     build_digits_dataset(dataset, progress=True, **arguments)
+    return True
 
 
 def _convert(dataset: Path, shards: Path, workers: int) -> None:
@@ -122,7 +127,7 @@ def _pretraining_config(shards: Path, out: Path, settings: DemoSettings):
     runs = out / "runs"
     number = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in runs.glob("simclr-*")
                       if p.name.rsplit("-", 1)[1].isdigit()), default=0)
-    return load_config(RECIPE, [f"data.train={shards / 'train-*.tar'}", f"train.out={runs}",
+    return load_config(shipped_recipe(RECIPE), [f"data.train={shards / 'train-*.tar'}", f"train.out={runs}",
                                 f"train.run=simclr-{number:03d}", f"train.epochs={settings.epochs}",
                                 f"eval.val={shards / 'val-*.tar'}", *settings.overrides])
 

@@ -14,29 +14,32 @@ import typing
 from sslpipe.errors import SslpipeError
 
 
-def build(cls, data: object, where: str, source: str):
+def build(cls, data: object, where: str, source: str, *, given: dict | None = None, also: tuple[str, ...] = ()):
     """Instantiate dataclass `cls` from a mapping; fields not in `data` keep their defaults.
 
     A field may be a dataclass itself (a nested mapping; `true` means its defaults, `false` means
     None for an optional one), a Literal, an optional, a fixed or variable tuple, or a scalar.
-    A field named `source` is filled by the caller, never from the data.
+    A field named `source`, and the fields in `given` (values the caller parsed itself), never come
+    from `data`; `also` names keys the caller took out of `data`, for the list of expected keys.
     """
     if not isinstance(data, dict):
         raise SslpipeError(f"{source}: {where} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    given = given or {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source" and f.name not in given}
     hints = typing.get_type_hints(cls)
     required = [n for n, f in fields.items()
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     prefix = f"{where}." if where else ""
     for key in data:
         if key not in fields:
-            raise SslpipeError(f"{source}: {prefix}{key}: unknown key (expected one of: {', '.join(fields)})")
+            raise SslpipeError(f"{source}: {prefix}{key}: unknown key (expected one of: "
+                               f"{', '.join([*fields, *also])})")
     for key in required:
         if key not in data:
             raise SslpipeError(f"{source}: {prefix}{key}: required")
     values = {key: convert(hints[key], value, f"{prefix}{key}", source) for key, value in data.items()}
     try:
-        return cls(**values)
+        return cls(**values, **given)
     except ValueError as e:
         raise SslpipeError(f"{source}: {where or cls.__name__}: {e}") from None
 
@@ -73,8 +76,10 @@ def convert(hint, value, where: str, source: str):
             raise wrong("true or false")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong("a number")
+        if not math.isfinite(value):  # .inf and .nan parse as YAML floats; no setting takes them
+            raise wrong("a finite number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from benchdoc import cpu_name, write_section  # noqa: E402  (tools/, beside this script)
 
 from sslpipe.demo import DEFAULT, RECIPE, run_demo  # noqa: E402
-from sslpipe.eval.evaluate import results_table  # noqa: E402
+from sslpipe.runs.evaluate import results_table  # noqa: E402
 
 BEGIN, END = "<!-- bench_demo: begin -->", "<!-- bench_demo: end -->"
 

@@ -1,1 +1,3 @@
-"""Evaluation protocols for pretrained backbones: kNN, linear probe, semi-supervised label subsets."""
+"""Evaluation protocols for a backbone, from shards: features, weighted kNN, linear probe,
+semi-supervised fine-tuning on label subsets. Running them on a run's checkpoint is
+`sslpipe.runs`."""

@@ -24,11 +24,11 @@ from sslpipe.pipeline.loader import ViewLoader
 def finetune_subset(backbone: nn.Module, train_shards: str, train: Features, val_shards: str, *,
                     fraction: float, num_classes: int, epochs: int = 30, batch_size: int = 256,
                     lr: float | None = None, seed: int = 0, pipeline: str = "finetune",
-                    eval_pipeline: str = "eval", device="cpu") -> dict:
+                    eval_pipeline: str = "eval", size: int | None = None, device="cpu") -> dict:
     """Fine-tune a copy of `backbone` + a linear head on `fraction` of the labelled train shards.
 
     `train` holds the train split's labels and keys (from feature extraction); the subset is drawn
-    from them (`balanced_subset`) and copied to temporary shards. SGD with Nesterov momentum 0.9,
+    from them (`balanced_subset`) and copied to temporary shards. `size` rescales both specs. SGD with Nesterov momentum 0.9,
     lr 0.05 x batch/256 (SimCLR's fine-tuning rate), cosine to 0, no weight decay. Returns
     {"top1", "top5", "labelled": subset size, "fraction", "epochs"}.
     """
@@ -39,15 +39,16 @@ def finetune_subset(backbone: nn.Module, train_shards: str, train: Features, val
     lr = lr if lr is not None else 0.05 * batch_size / 256
     with tempfile.TemporaryDirectory(prefix="sslpipe-subset-") as tmp:
         pattern = write_subset_shards(train_shards, keys, Path(tmp), name="subset")
-        _train(model, model.parameters(), pattern, pipeline=pipeline, epochs=epochs, batch_size=batch_size,
-               lr=lr, seed=seed, device=device, desc=f"fine-tuning on {fraction:.0%}")
-    scores, labels = _predict(model, val_shards, eval_pipeline, device)
+        _train(model, model.parameters(), pattern, pipeline=pipeline, size=size, epochs=epochs,
+               batch_size=batch_size, lr=lr, seed=seed, device=device, desc=f"fine-tuning on {fraction:.0%}")
+    scores, labels = _predict(model, val_shards, eval_pipeline, size, device)
     return {**accuracy(scores, labels), "labelled": len(keys), "fraction": fraction, "epochs": epochs}
 
 
 def augmented_linear_probe(backbone: nn.Module, train_shards: str, val_shards: str, *, num_classes: int,
                            epochs: int = 100, batch_size: int = 256, lr: float | None = None, seed: int = 0,
-                           pipeline: str = "finetune", eval_pipeline: str = "eval", device="cpu") -> dict:
+                           pipeline: str = "finetune", eval_pipeline: str = "eval", size: int | None = None,
+                           device="cpu") -> dict:
     """The linear probe with training augmentation (random crops and flips, MoCo's protocol): the
     frozen backbone (eval mode: its BN statistics stay) runs on every batch, and only a linear
     classifier behind a non-affine BatchNorm learns; SGD momentum 0.9, lr 0.1 x batch/256,
@@ -57,16 +58,17 @@ def augmented_linear_probe(backbone: nn.Module, train_shards: str, val_shards: s
                          nn.Linear(backbone.num_features, num_classes))
     model = nn.Sequential(frozen, head).to(device)
     lr = lr if lr is not None else 0.1 * batch_size / 256
-    _train(model, head.parameters(), train_shards, pipeline=pipeline, epochs=epochs, batch_size=batch_size,
-           lr=lr, seed=seed, device=device, desc="linear probe", nesterov=False, frozen=frozen)
-    scores, labels = _predict(model, val_shards, eval_pipeline, device)
+    _train(model, head.parameters(), train_shards, pipeline=pipeline, size=size, epochs=epochs,
+           batch_size=batch_size, lr=lr, seed=seed, device=device, desc="linear probe", nesterov=False, frozen=frozen)
+    scores, labels = _predict(model, val_shards, eval_pipeline, size, device)
     return {**accuracy(scores, labels), "epochs": epochs}
 
 
-def _train(model: nn.Module, parameters, shards: str, *, pipeline: str, epochs: int, batch_size: int,
-           lr: float, seed: int, device, desc: str, nesterov: bool = True, frozen: nn.Module | None = None):
+def _train(model: nn.Module, parameters, shards: str, *, pipeline: str, size: int | None, epochs: int,
+           batch_size: int, lr: float, seed: int, device, desc: str, nesterov: bool = True,
+           frozen: nn.Module | None = None):
     """Cross-entropy training of `parameters` over `epochs` of augmented views, cosine lr to 0."""
-    loader = ViewLoader(pipeline, shards, batch_size, device=device, seed=seed)
+    loader = ViewLoader(pipeline, shards, batch_size, device=device, seed=seed, size=size)
     steps = epochs * len(loader)
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=nesterov)
     model.train()
@@ -86,11 +88,11 @@ def _train(model: nn.Module, parameters, shards: str, *, pipeline: str, epochs: 
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, shards: str, pipeline: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(model: nn.Module, shards: str, pipeline: str, size: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     scores, labels = [], []
-    for batch in ViewLoader(pipeline, shards, 256, device=device, train=False):
-        if batch.labels.numel():
+    for batch in ViewLoader(pipeline, shards, 256, device=device, train=False, size=size):
+        if batch.size:
             scores.append(model(batch.views[0]).float().cpu())
             labels.append(batch.labels.cpu())
     return torch.cat(scores), torch.cat(labels)

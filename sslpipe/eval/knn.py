@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from sslpipe.errors import SslpipeError
+from sslpipe.eval.features import Features, extract_features
 from sslpipe.eval.metrics import accuracy
 
 SMALL_TRAIN_SET = 10_000
@@ -91,3 +92,20 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Te
     scores = knn_classify(train_features, train_labels, test_features, k=k, temperature=temperature,
                           num_classes=num_classes, chunk=chunk)
     return accuracy(scores, test_labels)
+
+
+def knn_result(train: Features, val: Features, *, k: int | None = None, temperature: float = 0.07) -> dict:
+    """Weighted kNN of `val`'s features against `train`'s: {"top1", "top5", "k"} in percent."""
+    k = k or default_k(len(train.keys))
+    return {**knn_accuracy(train.features, train.labels, val.features, val.labels, k=k,
+                           temperature=temperature), "k": k}
+
+
+def knn_evaluation(backbone: nn.Module, train: str, val: str, *, pipeline: str = "eval", size: int | None = None,
+                   k: int | None = None, temperature: float = 0.07, batch_size: int = 256, device="cpu") -> dict:
+    """Weighted kNN of `val` against `train` (labelled shards): {"top1", "top5", "k"}, in percent."""
+    train_features = extract_features(backbone, train, spec=pipeline, size=size, batch_size=batch_size,
+                                      device=device, desc="kNN memory")
+    val_features = extract_features(backbone, val, spec=pipeline, size=size, batch_size=batch_size, device=device,
+                                    desc="kNN queries")
+    return knn_result(train_features, val_features, k=k, temperature=temperature)

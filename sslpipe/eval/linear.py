@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from sslpipe.errors import SslpipeError
 from sslpipe.eval.metrics import accuracy
-from sslpipe.train.schedules import warmup_cosine
+from sslpipe.optim.schedules import warmup_cosine
 
 EVAL_CHUNK = 8192
 

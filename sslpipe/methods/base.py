@@ -1,27 +1,63 @@
 """The one contract every method keeps, and what the training loop passes to it.
 
-A method is an `nn.Module` holding its backbone and heads: `forward(views, step) -> StepOutput`.
-Schedule values (EMA momentum, epoch) come in with `step`; no counters hide inside a module.
+A method is an `nn.Module` holding its backbone and heads:
+
+    forward(batch, step) -> StepOutput(loss, metrics)
+
+`batch` is the loader's `Batch` (views in spec order, size groups, labels, global sample index,
+keys); `step` says where training is and carries this step's schedule values and a per-rank
+generator, so a method keeps no counters and draws its randomness reproducibly. A method declares
+the views it needs (`views_needed`), checked against the recipe's spec before the first step. The
+loop calls the optional hooks below; shared parts (momentum encoder, feature queue, memory bank)
+are composed from `sslpipe.methods.parts`, not inherited.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslpipe import seeds
+from sslpipe.methods.parts.state import Part
+from sslpipe.methods.views import ViewsNeeded
+from sslpipe.pipeline.batch import Batch
+
+# What `on_epoch_start` gets: run a module over every training image (evaluation crop, eval mode,
+# no gradient) and return (N, D) float32 features on the CPU, row i for global sample index i.
+FeatureExtractor = Callable[[nn.Module], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class Step:
-    """Where training is: the global step and epoch, and this step's scheduled values."""
+    """Where training is, and this step's values.
+
+    `values` holds this step's schedule values by name: the loop's `lr` and `weight_decay` and the
+    method's own (`Method.schedules`), e.g. `step["ema_momentum"]`. `generator` is a generator on
+    `device` seeded from (seed, index, rank): different on every rank and step, the same after a
+    resume. `seed` alone is the same on every rank (MoCo's shuffle-BN draws one permutation for all).
+    """
 
     index: int = 0
     epoch: int = 0
-    ema_momentum: float = 0.0     # for methods with a momentum encoder
-    seed: int = 0                 # a method's own draws (MoCo's batch shuffle) derive from (seed, index)
+    seed: int = 0
+    rank: int = 0
+    values: Mapping[str, float] = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+
+    def __getitem__(self, name: str) -> float:
+        if name not in self.values:
+            raise KeyError(f"no schedule value {name!r} at this step (there are: {', '.join(self.values)})")
+        return self.values[name]
+
+    @cached_property
+    def generator(self) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(seeds.derive(self.seed, self.index, self.rank))
 
 
 @dataclass
@@ -33,13 +69,13 @@ class StepOutput:
 
 
 class Method(nn.Module):
-    """Base of the methods: a backbone, heads, and the loss of one batch of views.
+    """Base of the methods: a backbone, heads, and the loss of one batch.
 
     Subclasses set `Config` (a frozen dataclass of the method's hyperparameters, the recipe's
-    `method` section) and implement `forward`. Optional hooks the loop calls:
-    `ema_momentum_schedule(total_steps)`, `before_optimizer_step(step)` (after backward, e.g. SwAV
-    freezes its prototypes) and
-    `rank_state_dict()` / `load_rank_state_dict()` for state that differs between processes.
+    `method` section), and implement `views_needed` and `forward`. The other methods are hooks
+    with defaults that do nothing; the loop calls them in this order each step: `forward`,
+    backward, `before_optimizer_step`, the optimizer, `after_optimizer_step`; and
+    `on_epoch_start(epoch, extract)` before an epoch's first step.
     """
 
     Config: type
@@ -50,21 +86,49 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, views: list[torch.Tensor], step: Step) -> StepOutput:
+    def views_needed(self) -> ViewsNeeded:
+        """What the method needs of the spec's views (checked before the first step)."""
         raise NotImplementedError
 
-    def ema_momentum_schedule(self, total_steps: int) -> np.ndarray | None:
-        """(total_steps,) EMA momentum per step, for methods with a momentum encoder."""
-        return None
+    def forward(self, batch: Batch, step: Step) -> StepOutput:
+        raise NotImplementedError
 
-    def before_optimizer_step(self, step: Step) -> None:
-        pass
-
-    def rank_state_dict(self) -> dict:
+    def schedules(self, total_steps: int) -> dict[str, np.ndarray]:
+        """The method's own per-step values by name, each (total_steps,): the loop passes
+        `array[step]` in `Step.values` and logs it (e.g. BYOL's and MoCo's EMA momentum)."""
         return {}
 
+    def before_optimizer_step(self, step: Step) -> None:
+        """After backward, before the update (SwAV drops its prototypes' gradient here)."""
+
+    def after_optimizer_step(self, step: Step) -> None:
+        """After the update (BYOL moves its target network here)."""
+
+    def on_epoch_start(self, epoch: int, extract: FeatureExtractor) -> None:
+        """Before the first step of `epoch` (DeepCluster re-clusters here); `extract(module)` gives
+        features of every training image. Not called when a run resumes mid-epoch: what it
+        computes belongs in the method's state (a buffer), which the checkpoint restores."""
+
+    # State outside the model's state dict, and state DDP must not broadcast.
+
+    def rank_state_dict(self) -> dict:
+        """The state that differs between processes: every per-rank part's (`parts.state`)."""
+        return {name: part.rank_state_dict() for name, part in self._parts() if part.per_rank}
+
     def load_rank_state_dict(self, state: dict) -> None:
-        pass
+        parts = {name: part for name, part in self._parts() if part.per_rank}
+        if set(parts) != set(state):
+            raise ValueError(f"the saved per-process state holds {sorted(state)}, this method has {sorted(parts)}")
+        for name, part in parts.items():
+            part.load_rank_state_dict(state[name])
+
+    def unsynced_buffers(self) -> list[str]:
+        """Buffers DDP must not broadcast from rank 0: the parts' (identical on every rank by
+        construction, or per rank; e.g. a 650 MB memory bank)."""
+        return [f"{name}.{buffer}" for name, part in self._parts() for buffer, _ in part.named_buffers(recurse=False)]
+
+    def _parts(self):
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, Part)]
 
 
 def embedding_std(z: torch.Tensor) -> torch.Tensor:
@@ -79,14 +143,11 @@ def health_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
             "embedding_std_ref": torch.tensor(z.shape[1] ** -0.5)}
 
 
-def encode_by_size(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
-    """Backbone features of all views, (V*N, F) in view order: consecutive views of the same size
-    go through as one batch (SwAV's multi-crop: one call for the 224s, one for the 96s)."""
-    features, start = [], 0
-    while start < len(views):
-        end = start + 1
-        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-            end += 1
-        features.append(backbone(torch.cat(views[start:end])))
-        start = end
-    return torch.cat(features)
+def encode_groups(encoder: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """`encoder` on every view, one call per size group (SwAV's multi-crop: one for the 224s, one
+    for the 96s); returns one (B, F) tensor per view, in view order."""
+    outputs: list[torch.Tensor | None] = [None] * len(batch.views)
+    for group in batch.groups:
+        for i, features in zip(group.views, encoder(group.images).chunk(len(group.views))):
+            outputs[i] = features
+    return outputs

@@ -4,7 +4,6 @@ queue of the keys of past batches (InfoNCE, temperature 0.2)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,9 +15,12 @@ from torch import nn
 from sslpipe import distributed
 from sslpipe.losses import info_nce
 from sslpipe.methods.base import Method, Step, StepOutput, health_metrics
+from sslpipe.methods.parts import FeatureQueue, MomentumEncoder
+from sslpipe.methods.views import ViewsNeeded
 from sslpipe.models import mlp
 from sslpipe.models.split_batchnorm import split_batchnorm
-from sslpipe.train.schedules import constant, cosine_to_one
+from sslpipe.optim.schedules import constant, cosine_to_one
+from sslpipe.pipeline.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -62,35 +64,32 @@ class MoCo(Method):
                                  f"process ({global_batch // world})")
             split_batchnorm(self.backbone, config.bn_splits)
         self.head = mlp([backbone.num_features, *config.head], norm=False)
-        self.momentum_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
-        self.momentum_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.head[-1]), dim=1))
-        self.register_buffer("queue_position", torch.zeros((), dtype=torch.long))
+        self.key_encoder = MomentumEncoder(backbone=self.backbone, head=self.head)
+        # Every process enqueues every process's keys: one replicated queue, saved with the model.
+        self.queue = FeatureQueue(config.queue_size, config.head[-1],
+                                  initial=F.normalize(torch.randn(config.queue_size, config.head[-1]), dim=1))
 
-    def ema_momentum_schedule(self, total_steps: int) -> np.ndarray:
+    def views_needed(self) -> ViewsNeeded:
+        return ViewsNeeded(count=2, why="queries from the first view, their keys from the second")
+
+    def schedules(self, total_steps: int) -> dict[str, np.ndarray]:
         if self.config.momentum_schedule == "cosine":
-            return cosine_to_one(self.config.momentum, total_steps)
-        return constant(self.config.momentum, total_steps)
+            return {"ema_momentum": cosine_to_one(self.config.momentum, total_steps)}
+        return {"ema_momentum": constant(self.config.momentum, total_steps)}
 
-    def forward(self, views: list[torch.Tensor], step: Step) -> StepOutput:
-        """views: two (N, 3, H, W) batches; queries from the first, keys from the second."""
-        q = F.normalize(self.head(self.backbone(views[0])), dim=1)
+    def forward(self, batch: Batch, step: Step) -> StepOutput:
+        """batch.views: two (N, 3, H, W) views; queries from the first, keys from the second."""
+        q = F.normalize(self.head(self.backbone(batch.views[0])), dim=1)
         with torch.no_grad():
-            self._update_momentum_encoder(step.ema_momentum)
-            keys_in, restore = self._shuffle(views[1], step)
-            k = restore(F.normalize(self.momentum_head(self.momentum_backbone(keys_in)), dim=1))
+            # Before the keys, as the official code (BYOL-style methods move theirs after the step).
+            self.key_encoder.update(step["ema_momentum"])
+            keys_in, restore = self._shuffle(batch.views[1], step)
+            k = restore(F.normalize(self.key_encoder(keys_in), dim=1))
         # The queue is changed in place below: the loss keeps a copy for its backward.
-        loss = info_nce(q, k, self.queue.clone().detach(), self.config.temperature)
-        enqueued = self._enqueue(k)
-        return StepOutput(loss, {"enqueued": torch.tensor(float(enqueued)), **health_metrics(q)})
-
-    @torch.no_grad()
-    def _update_momentum_encoder(self, m: float) -> None:
-        # Parameters only: the key encoder's BN buffers are its own running statistics.
-        online = [*self.backbone.parameters(), *self.head.parameters()]
-        momentum = [*self.momentum_backbone.parameters(), *self.momentum_head.parameters()]
-        torch._foreach_mul_(momentum, m)
-        torch._foreach_add_(momentum, online, alpha=1 - m)
+        loss = info_nce(q, k, self.queue.rows.clone().detach(), self.config.temperature)
+        keys = distributed.gather(k)  # every process's keys, so the queues stay identical
+        self.queue.push(keys)
+        return StepOutput(loss, {"enqueued": torch.tensor(float(keys.shape[0])), **health_metrics(q)})
 
     def _shuffle(self, x: torch.Tensor, step: Step):
         """Shuffle-BN: the key encoder sees another process's samples, so BN cannot leak the
@@ -105,11 +104,3 @@ class MoCo(Method):
         mine = order.view(world, n)[rank]
         back = torch.argsort(order).view(world, n)[rank]
         return distributed.gather(x)[mine], lambda k: distributed.gather(k)[back]
-
-    @torch.no_grad()
-    def _enqueue(self, k: torch.Tensor) -> int:
-        keys = distributed.gather(k)  # every process's keys, so the queues stay identical
-        start = int(self.queue_position)
-        self.queue[start:start + keys.shape[0]] = keys
-        self.queue_position.fill_((start + keys.shape[0]) % self.queue.shape[0])
-        return keys.shape[0]

@@ -9,7 +9,9 @@ import torch
 
 from sslpipe.losses import nt_xent
 from sslpipe.methods.base import Method, Step, StepOutput, health_metrics
+from sslpipe.methods.views import ViewsNeeded
 from sslpipe.models import mlp
+from sslpipe.pipeline.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,13 @@ class SimCLR(Method):
         self.config = config
         self.projector = mlp([backbone.num_features, *config.projector], norm_last=True)
 
-    def forward(self, views: list[torch.Tensor], step: Step) -> StepOutput:
-        """views: two (N, 3, H, W) batches, the same images in the same order."""
-        z = self.projector(self.backbone(torch.cat(views[:2])))   # (2N, D): one BN batch, as the paper
+    def views_needed(self) -> ViewsNeeded:
+        return ViewsNeeded(count=2, same_size=True, why="the two views of an image are its positive pair, "
+                                                        "encoded as one batch")
+
+    def forward(self, batch: Batch, step: Step) -> StepOutput:
+        """batch.views: two (N, 3, H, W) views of the same images."""
+        z = self.projector(self.backbone(batch.concat((0, 1))))   # (2N, D): one BN batch, as the paper
         z1, z2 = z.chunk(2)
         loss, candidates = nt_xent(z1, z2, self.config.temperature)
         return StepOutput(loss, {"candidates": torch.tensor(float(candidates)), **health_metrics(z1)})

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from sslpipe.losses import negative_cosine
 from sslpipe.methods.base import Method, Step, StepOutput, health_metrics
+from sslpipe.methods.views import ViewsNeeded
 from sslpipe.models import mlp
+from sslpipe.pipeline.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,13 @@ class SimSiam(Method):
         self.predictor = mlp([dim, config.predictor_hidden, dim])
         self.fixed_lr_prefixes = ("predictor.",) if config.fixed_predictor_lr else ()
 
-    def forward(self, views: list[torch.Tensor], step: Step) -> StepOutput:
-        """views: two (N, 3, H, W) batches; loss = -1/2 [cos(p1, sg z2) + cos(p2, sg z1)]."""
+    def views_needed(self) -> ViewsNeeded:
+        return ViewsNeeded(count=2, why="each view predicts the other")
+
+    def forward(self, batch: Batch, step: Step) -> StepOutput:
+        """batch.views: two (N, 3, H, W) views; loss = -1/2 [cos(p1, sg z2) + cos(p2, sg z1)]."""
         # One forward per view, as the official code: BN statistics are per view batch.
-        z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
+        z1, z2 = (self.projector(self.backbone(v)) for v in batch.views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
         return StepOutput(loss, health_metrics(z1))

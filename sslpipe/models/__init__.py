@@ -1,6 +1,22 @@
-"""Backbones and heads: torchvision-compatible ResNets and the MLP builder for projectors."""
+"""Backbones and heads: torchvision-compatible ResNets and the MLP builder for projectors.
 
+`BACKBONES` is the registry behind a recipe's `model.backbone`: name -> constructor taking
+`small_images` and `zero_init_residual`, returning a module (B, 3, H, W) -> (B, num_features)
+with a `num_features` attribute.
+"""
+
+from sslpipe.errors import SslpipeError
 from sslpipe.models.mlp import mlp
-from sslpipe.models.resnet import build_backbone, resnet18, resnet50
+from sslpipe.models.resnet import ResNet, resnet18, resnet50
 
-__all__ = ["build_backbone", "mlp", "resnet18", "resnet50"]
+BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
+
+
+def build_backbone(name: str, *, small_images: bool = False, zero_init_residual: bool = False) -> ResNet:
+    """The named backbone without a classifier: forward (B, 3, H, W) -> (B, num_features)."""
+    if name not in BACKBONES:
+        raise SslpipeError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](small_images=small_images, zero_init_residual=zero_init_residual)
+
+
+__all__ = ["BACKBONES", "build_backbone", "mlp", "resnet18", "resnet50"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslpipe.errors import SslpipeError
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -132,13 +131,3 @@ def resnet50(*, num_classes: int | None = None, small_images: bool = False,
     """ResNet-50 (Bottleneck, 3-4-6-3), 25.6M parameters with a 1000-way fc; num_features 2048."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, small_images=small_images,
                   zero_init_residual=zero_init_residual)
-
-
-BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
-
-
-def build_backbone(name: str, *, small_images: bool = False, zero_init_residual: bool = False) -> ResNet:
-    """The named backbone without a classifier: forward (B, 3, H, W) -> (B, num_features)."""
-    if name not in BACKBONES:
-        raise SslpipeError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](small_images=small_images, zero_init_residual=zero_init_residual)

@@ -3,9 +3,9 @@
 Each function takes `x` (n, 3, H, W) and per-sample parameters of shape (n,), and returns a new
 (n, 3, H, W) tensor (the input is left alone). They are written for speed on both devices: plain
 tensor arithmetic with no host synchronisation, and as few passes over the data as the formula
-allows. Kornia's color functions compute the same values but took 2-23x as long on the CPU (its
-hue goes through a full HSV conversion and back; `python tools/bench_color.py`), so the stage
-uses these on both devices and the tests check them against reference formulas and Kornia.
+allows (Kornia's hue, for one, goes through a full HSV conversion and back; the timings of both
+are in docs/benchmarks.md, from `python tools/bench_color.py`). The tests check them against
+reference formulas and against Kornia.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and Kornia use
+# ITU-R 601-2 luma as torchvision rounds it (`_rgb_to_grayscale`: 0.2989 R); Kornia uses 0.299.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -90,8 +91,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     Kernel exp(-t^2 / 2 sigma^2) over t in [-(k-1)/2, (k-1)/2], normalized to sum 1, applied as
     two 1-D passes (equal to torchvision's 2-D outer-product kernel). Each pass is one grouped
     convolution over all the samples' channels (groups = 3n), with each sample's own kernel: no
-    per-sample loop and no host sync (Kornia's `RandomGaussianBlur` syncs, and its
-    `filter2d_separable` took 2-3x as long on the CPU).
+    per-sample loop and no host sync (Kornia's `RandomGaussianBlur` syncs).
     """
     n, c, h, w = x.shape
     offsets = torch.arange(kernel_size, dtype=torch.float32, device=x.device) - (kernel_size - 1) / 2

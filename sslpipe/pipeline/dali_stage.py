@@ -54,12 +54,18 @@ class EpochPlan:
 def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device: Literal["cpu", "gpu"],
                    device_id: int | None, num_threads: int, decode: DecodeMode = "once",
                    decoder: DecoderOptions = DecoderOptions(), prefetch: int = 2,
-                   checkpoint: str | None = None):
-    """A built DALI pipeline (outputs: one per view in `spec.views` order, then labels, sources).
+                   checkpoint: str | None = None, windows: bool = False) -> tuple[object, list[str]]:
+    """A built DALI pipeline and the names of its outputs, in order: `view0`, `view1`, ... (one per
+    view of `spec.views`), `labels`, `sources`; with `windows`, also per view `flip<i>` and, for
+    random crops, `anchor<i>` and `shape<i>` (the crop window in source pixels, (y, x) and (h, w)),
+    and `image_shape` (H, W, C) of every source image.
 
     `decode="once"` decodes each image once and crops it per view; `"roi"` decodes only each
-    random view's region (`decoders.image_random_crop`), once per view. `checkpoint` (from
-    `pipeline.checkpoint()`) resumes a pipeline of the same plan where that one stood.
+    random view's region, once per view. A random crop is DALI's fused `random_resized_crop`
+    (`image_random_crop` for ROI decoding); with `windows` it is the same distribution drawn by
+    `random_crop_generator`, whose window is then cut out by `resize` (`image_slice` for ROI
+    decoding), so the window can be returned. `checkpoint` (from `pipeline.checkpoint()`) resumes
+    a pipeline of the same plan where that one stood.
     """
     from nvidia.dali import fn, pipeline_def, types  # heavy import, only when a loader starts
 
@@ -72,18 +78,32 @@ def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device:
         device_memory_padding=decoder.device_memory_padding,
         host_memory_padding=decoder.host_memory_padding) if device == "gpu" else {}
 
-    def crop(image, view: ViewSpec):
-        if view.crop == "center":
-            image = fn.resize(image, resize_shorter=view.resize_to, interp_type=interp[view.interpolation])
-            return fn.crop(image, crop=(view.size, view.size))
-        return fn.random_resized_crop(image, size=(view.size, view.size), random_area=view.scale,
+    def center(image, view: ViewSpec):
+        image = fn.resize(image, resize_shorter=view.resize_to, interp_type=interp[view.interpolation])
+        return fn.crop(image, crop=(view.size, view.size))
+
+    def fused_random(decoded, jpegs, view: ViewSpec):
+        if decode == "roi":
+            image = fn.decoders.image_random_crop(jpegs, device=decode_device, output_type=types.RGB,
+                                                  random_area=view.scale, random_aspect_ratio=view.ratio,
+                                                  **gpu_hints)
+            return fn.resize(image, size=(view.size, view.size), interp_type=interp[view.interpolation])
+        return fn.random_resized_crop(decoded(), size=(view.size, view.size), random_area=view.scale,
                                       random_aspect_ratio=view.ratio, interp_type=interp[view.interpolation])
 
-    def roi_view(jpegs, view: ViewSpec):
-        image = fn.decoders.image_random_crop(jpegs, device=decode_device, output_type=types.RGB,
-                                              random_area=view.scale, random_aspect_ratio=view.ratio,
-                                              **gpu_hints)
-        return fn.resize(image, size=(view.size, view.size), interp_type=interp[view.interpolation])
+    def windowed_random(decoded, jpegs, image_shape, view: ViewSpec):
+        anchor, shape = fn.random_crop_generator(image_shape, random_area=view.scale,
+                                                 random_aspect_ratio=view.ratio)
+        if decode == "roi":
+            image = fn.decoders.image_slice(jpegs, anchor, shape, device=decode_device, output_type=types.RGB,
+                                            axes=[0, 1], normalized_anchor=False, normalized_shape=False,
+                                            **gpu_hints)
+            image = fn.resize(image, size=(view.size, view.size), interp_type=interp[view.interpolation])
+        else:
+            start = fn.cast(anchor, dtype=types.FLOAT)
+            image = fn.resize(decoded(), size=(view.size, view.size), interp_type=interp[view.interpolation],
+                              roi_start=start, roi_end=start + fn.cast(shape, dtype=types.FLOAT))
+        return image, anchor, shape
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=plan.seed,
                   prefetch_queue_depth=prefetch, enable_checkpointing=True)
@@ -93,21 +113,35 @@ def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device:
             shard_id=plan.rank, num_shards=plan.world_size, random_shuffle=plan.shuffle,
             initial_fill=plan.shuffle_buffer, pad_last_batch=True, missing_component_behavior="error")
         sources = fn.get_property(jpegs, key="source_info")
-        decoded = None
-        views = []
-        for view in spec.views:
-            if decode == "roi" and view.crop == "random":
-                image = roi_view(jpegs, view)
-            else:
-                if decoded is None:
-                    decoded = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB,
-                                                **gpu_hints)
-                image = crop(decoded, view)
-            if view.flip > 0:
-                image = fn.flip(image, horizontal=fn.random.coin_flip(probability=view.flip))
-            views.append(image)
-        return (*views, labels, sources)
+        cache = {}
 
+        def decoded():  # decoded once, on first use, for every view that crops the whole image
+            if "image" not in cache:
+                cache["image"] = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB,
+                                                   **gpu_hints)
+            return cache["image"]
+
+        image_shape = fn.peek_image_shape(jpegs) if windows else None
+        views, extras = [], {}
+        for i, view in enumerate(spec.views):
+            if view.crop == "center":
+                image = center(decoded(), view)
+            elif windows:
+                image, extras[f"anchor{i}"], extras[f"shape{i}"] = windowed_random(decoded, jpegs, image_shape, view)
+            else:
+                image = fused_random(decoded, jpegs, view)
+            if view.flip > 0:
+                coin = fn.random.coin_flip(probability=view.flip)
+                image = fn.flip(image, horizontal=coin)
+                if windows:
+                    extras[f"flip{i}"] = coin
+            views.append(image)
+        if windows:
+            extras["image_shape"] = image_shape
+        names[:] = [*(f"view{i}" for i in range(len(views))), "labels", "sources", *extras]
+        return (*views, labels, sources, *extras.values())
+
+    names: list[str] = []  # filled when DALI traces the graph
     pipe = epoch_pipeline(checkpoint=checkpoint) if checkpoint else epoch_pipeline()
     pipe.build()
-    return pipe
+    return pipe, names

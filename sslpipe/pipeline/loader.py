@@ -7,8 +7,8 @@
             ...
 
 Stages, top to bottom: shard list (checked) -> DALI (read, decode, crop, flip; one pipeline
-per epoch) -> uint8 views grouped by size -> photometric stage (jitter, gray, blur, solarize,
-normalize).
+per epoch) -> uint8 views grouped by size -> photometric stage (the op table, Kornia transforms,
+normalize) -> `Batch` (views, size groups, labels, global sample index, lazy keys).
 
 Epoch semantics: every rank gets `len(loader)` batches per epoch, no sample twice in an epoch.
 Training drops each rank's remainder (at most `batch_size` samples); evaluation (`train=False`)
@@ -19,31 +19,23 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
-from sslpipe import distributed
+from sslpipe import distributed, seeds
 from sslpipe.errors import SslpipeError
+from sslpipe.pipeline.batch import Batch, SizeGroup
 from sslpipe.pipeline.dali_stage import DecodeMode, DecoderOptions, EpochPlan, build_pipeline
 from sslpipe.pipeline.diagnose import diagnose_failure
+from sslpipe.pipeline.ops import OPS
 from sslpipe.pipeline.photometric import PhotometricStage
-from sslpipe.pipeline.shardlist import Shard, rank_range, resolve_shards
-from sslpipe.pipeline.spec import PipelineSpec, load_spec
+from sslpipe.pipeline.shardlist import SampleIndex, Shard, rank_range, resolve_shards
+from sslpipe.pipeline.spec import PipelineSpec, differences, load_spec
 
-STATE_VERSION = 1
-
-
-@dataclass
-class Batch:
-    """One batch: `views[i]` is (B, 3, size_i, size_i) in spec order; `labels` (B,) int64 on the
-    device (-1 for unlabeled shards); `keys` the samples' keys, in the same order."""
-
-    views: list[torch.Tensor]
-    labels: torch.Tensor
-    keys: list[str]
+STATE_VERSION = 2
 
 
 class ViewLoader:
@@ -64,6 +56,10 @@ class ViewLoader:
         decode: `"once"` (decode, then crop per view) or `"roi"` (decode each view's region).
         num_threads: DALI CPU threads (default: this process's share of the cores).
         shuffle_buffer: samples DALI shuffles among while reading (the shards are pre-shuffled).
+        windows: also return each view's crop window and flip (`Batch.windows`, `Batch.flips`);
+            random crops are then drawn by DALI's `random_crop_generator` (the same distribution
+            as the fused `random_resized_crop`, other draws; its cost is in docs/benchmarks.md).
+        size: rescale the spec to this size (`PipelineSpec.resized`), e.g. `eval` for 64-px images.
     """
 
     def __init__(self, spec: str | Path | PipelineSpec, shards, batch_size: int, *,
@@ -71,8 +67,8 @@ class ViewLoader:
                  seed: int = 0, train: bool = True, dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, normalize: bool = True, decode: DecodeMode = "once",
                  decoder: DecoderOptions = DecoderOptions(), num_threads: int | None = None,
-                 shuffle_buffer: int = 4096, prefetch: int = 2):
-        self.spec = load_spec(spec)
+                 shuffle_buffer: int = 4096, prefetch: int = 2, windows: bool = False, size: int | None = None):
+        self.spec = load_spec(spec, size)
         self.device = _device(device)
         self.rank, self.world_size = _place(rank, world_size)
         if batch_size < 1:
@@ -84,14 +80,18 @@ class ViewLoader:
         self.shards: list[Shard] = resolve_shards(shards)
         self.batch_size, self.seed, self.train = batch_size, seed, train
         self.decode, self.decoder, self.prefetch = decode, decoder, prefetch
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer, self.windows = shuffle_buffer, windows
         self.num_threads = num_threads or _default_threads()
-        self.num_samples = sum(len(s) for s in self.shards)
+        self.samples = SampleIndex(self.shards)
+        self.num_samples = len(self.samples)
         self._len = self._batches_per_epoch()
         self._groups = _size_groups(self.spec)
-        self._stages = [PhotometricStage([self.spec.views[i] for i in members], batch_size, self.device,
-                                         normalize=normalize, dtype=dtype, channels_last=channels_last)
-                        for _, members in self._groups]
+        try:
+            self._stages = [PhotometricStage([self.spec.views[i] for i in members], batch_size, self.device,
+                                             normalize=normalize, dtype=dtype, channels_last=channels_last)
+                            for _, members in self._groups]
+        except ValueError as e:
+            raise SslpipeError(f"{self.spec.source}: {e}") from None
         self.epoch, self._position = 0, 0
         self._pipe, self._pipe_epoch, self._checkpoint = None, None, None
         self._failed: str | None = None  # why the loader stopped; it cannot go on from there
@@ -137,19 +137,24 @@ class ViewLoader:
             dali = self._checkpoint  # restored but not yet iterated
         return {"version": STATE_VERSION, "epoch": epoch, "position": position, "dali": dali,
                 "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-                "batch_size": self.batch_size, "num_samples": self.num_samples, "spec": self.spec.name}
+                "batch_size": self.batch_size, "num_samples": self.num_samples, "windows": self.windows,
+                "spec": self.spec.name, "spec_fingerprint": self.spec.fingerprint,
+                "spec_views": self.spec.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()` of a loader with the same shards, spec and settings."""
         if state.get("version") != STATE_VERSION:
             raise SslpipeError(f"loader state of version {state.get('version')}, expected {STATE_VERSION}")
-        for key in ("seed", "rank", "world_size", "batch_size", "num_samples"):
+        for key in ("seed", "rank", "world_size", "batch_size", "num_samples", "windows"):
             if state[key] != getattr(self, key):
                 raise SslpipeError(f"cannot resume: the saved loader had {key}={state[key]}, this one has "
                                    f"{getattr(self, key)} (the same shards and settings are needed)")
-        if state["spec"] != self.spec.name:
-            raise SslpipeError(f"cannot resume: the saved loader ran spec {state['spec']!r}, "
-                               f"this one {self.spec.name!r}")
+        if state["spec_fingerprint"] != self.spec.fingerprint:
+            changed = differences(state["spec_views"], self.spec.to_dict())
+            raise SslpipeError(f"cannot resume: the pipeline spec {self.spec.name!r} ({self.spec.source}) "
+                               f"differs from the one the saved loader ran ({state['spec']!r}): "
+                               f"{'; '.join(changed[:5]) or 'its views'}"
+                               f"{f' and {len(changed) - 5} more' if len(changed) > 5 else ''}")
         if state["position"] and not state["dali"]:
             raise SslpipeError("cannot resume: the saved loader state has a position but no DALI checkpoint")
         self.epoch, self._position, self._checkpoint = state["epoch"], state["position"], state["dali"]
@@ -178,10 +183,11 @@ class ViewLoader:
 
     def _build(self, epoch: int, checkpoint: str | None):
         try:
-            return build_pipeline(self.spec, self._plan(epoch), self.batch_size,
-                                  "gpu" if self.device.type == "cuda" else "cpu",
-                                  self.device.index if self.device.type == "cuda" else None,
-                                  self.num_threads, self.decode, self.decoder, self.prefetch, checkpoint)
+            pipe, self._outputs = build_pipeline(
+                self.spec, self._plan(epoch), self.batch_size, "gpu" if self.device.type == "cuda" else "cpu",
+                self.device.index if self.device.type == "cuda" else None, self.num_threads, self.decode,
+                self.decoder, self.prefetch, checkpoint, self.windows)
+            return pipe
         except RuntimeError as e:
             raise SslpipeError(f"DALI could not start the pipeline of {self.spec.source}: {e}") from None
 
@@ -207,36 +213,79 @@ class ViewLoader:
             raise error from None
 
     def _batch(self, outputs, position: int) -> Batch:
-        *views, labels, sources = outputs
+        named = dict(zip(self._outputs, outputs))
         count = self.batch_size
         if not self.train:  # the padded tail of the last batch repeats a sample: cut it off
             start, stop = rank_range(self.num_samples, self.rank, self.world_size)
             count = max(0, min(count, stop - start - position * self.batch_size))
-        generator = torch.Generator(self.device)
-        generator.manual_seed(int(np.random.SeedSequence(
-            [self.seed, self.epoch, self.rank, position]).generate_state(1, np.uint64)[0] >> 1))
-        out: list[torch.Tensor | None] = [None] * len(views)
-        for ((size, members), stage) in zip(self._groups, self._stages):
+        index = np.array([self.samples.of_source(np.asarray(named["sources"].at(j)).tobytes().decode())
+                          for j in range(count)], dtype=np.int64)
+        labels = self._labels(named["labels"], index)
+        batch_seed = seeds.derive(self.seed, self.epoch, self.rank, position)
+        views: list[torch.Tensor | None] = [None] * len(self.spec.views)
+        groups = []
+        for number, ((size, members), stage) in enumerate(zip(self._groups, self._stages)):
             images = torch.empty((len(members) * self.batch_size, size, size, 3), dtype=torch.uint8,
                                  device=self.device)
             for slot, i in enumerate(members):
-                _copy(views[i], images[slot * self.batch_size:(slot + 1) * self.batch_size])
+                _copy(named[f"view{i}"], images[slot * self.batch_size:(slot + 1) * self.batch_size])
             # NHWC -> NCHW as a channels-last view: no copy; the stage accepts any strides.
-            augmented = stage(images.permute(0, 3, 1, 2), generator)
+            augmented = stage(images.permute(0, 3, 1, 2), seeds.derive(batch_seed, number))
+            # (a short evaluation batch: its padded rows cut off, a copy; else views of one tensor)
+            per_view = rearrange(augmented, "(v b) c h w -> v b c h w", v=len(members))[:, :count]
+            grouped = rearrange(per_view, "v b c h w -> (v b) c h w")
+            groups.append(SizeGroup(size, tuple(members), grouped))
             for slot, i in enumerate(members):
-                out[i] = augmented[slot * self.batch_size:slot * self.batch_size + count]
-        keys = [_key(sources.at(j)) for j in range(count)]
-        label_values = [int(np.asarray(labels.at(j)).tobytes()) for j in range(count)]
-        labels = torch.tensor(label_values, dtype=torch.int64).to(self.device, non_blocking=True)
-        return Batch(views=out, labels=labels, keys=keys)
+                views[i] = grouped[slot * count:(slot + 1) * count]
+        batch = Batch(views=views, labels=labels.to(self.device, non_blocking=True),
+                      index=torch.from_numpy(index).to(self.device, non_blocking=True), groups=groups,
+                      names=tuple(v.name for v in self.spec.views), _keys=lambda: self.samples.keys(index))
+        if self.windows:
+            batch.windows, batch.flips = self._windows(named, count)
+        return batch
+
+    def _labels(self, labels, index: np.ndarray) -> torch.Tensor:
+        values = []
+        for j in range(len(index)):
+            text = np.asarray(labels.at(j)).tobytes()
+            try:
+                values.append(int(text))
+            except ValueError:
+                shard, position = self.samples.locate(int(index[j]))
+                self._pipe = None  # the batch is lost: no position to go on from
+                self._failed = f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not an integer"
+                raise SslpipeError(f"{self._failed} ({text[:40]!r}); run `sslpipe verify {shard.path.parent}`") \
+                    from None
+        return torch.tensor(values, dtype=torch.int64)
+
+    def _windows(self, named, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per view: (B, 4) (top, left, height, width) as fractions of the source, (B,) flips."""
+        height_width = np.asarray(named["image_shape"].as_tensor())[:count, :2].astype(np.float64)
+        windows, flips = [], []
+        for i, view in enumerate(self.spec.views):
+            if view.crop == "random":
+                anchor = np.asarray(named[f"anchor{i}"].as_tensor())[:count].astype(np.float64)
+                shape = np.asarray(named[f"shape{i}"].as_tensor())[:count].astype(np.float64)
+            else:  # resize the shorter side to `resize_to`, then the central `size` square
+                side = view.size / view.resize_to * height_width.min(axis=1, keepdims=True)
+                shape = np.minimum(side, height_width)
+                anchor = (height_width - shape) / 2
+            windows.append(torch.from_numpy(np.concatenate([anchor, shape], axis=1) / np.tile(height_width, 2))
+                           .float().to(self.device))
+            flip = (np.asarray(named[f"flip{i}"].as_tensor())[:count].reshape(-1).astype(bool)
+                    if view.flip > 0 else np.zeros(count, dtype=bool))
+            flips.append(torch.from_numpy(flip).to(self.device))
+        return windows, flips
 
 
 def _size_groups(spec: PipelineSpec) -> list[tuple[int, list[int]]]:
-    """Views of one size (and blur kernel) are augmented together as one tensor, e.g. SwAV's six
-    96-px views: one photometric call per group instead of one per view."""
-    groups: dict[tuple[int, int], list[int]] = {}
+    """Views of one size are augmented together as one tensor, e.g. SwAV's six 96-px views: one
+    photometric call per group instead of one per view; views whose ops need different static
+    settings (two blur kernel sizes) go to separate groups."""
+    groups: dict[tuple, list[int]] = {}
     for i, view in enumerate(spec.views):
-        groups.setdefault((view.size, view.blur_kernel if view.blur else 0), []).append(i)
+        shared = tuple(OPS[key].stage_key(view.op(key), view.size) if view.op(key) else None for key in OPS)
+        groups.setdefault((view.size, shared), []).append(i)
     return [(size, members) for (size, _), members in groups.items()]
 
 
@@ -247,12 +296,6 @@ def _copy(tensor_list, target: torch.Tensor) -> None:
         feed_ndarray(tensor_list.as_tensor(), target, cuda_stream=torch.cuda.current_stream(target.device))
     else:
         target.numpy()[...] = np.asarray(tensor_list.as_tensor())
-
-
-def _key(source_info) -> str:
-    """DALI's `shard.tar:offset:key.jpg` -> key."""
-    member = np.asarray(source_info).tobytes().decode().rsplit(":", 1)[1]
-    return member.split(".", 1)[0]
 
 
 def _device(device) -> torch.device:

@@ -8,9 +8,11 @@ not match its tar, a sample without an image or a label.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from webdataset.shardlists import expand_urls
 
 from sslpipe.errors import SslpipeError
@@ -21,14 +23,50 @@ REQUIRED = ("jpg", "cls")
 
 @dataclass(frozen=True)
 class Shard:
-    """One tar shard, its DALI index, and its samples' keys in tar order."""
+    """One tar shard, its DALI index, and its samples' keys and `.jpg` offsets in tar order."""
 
     path: Path
     index: Path
     keys: tuple[str, ...]
+    offsets: tuple[int, ...]   # byte offset of each sample's .jpg data in the tar (DALI's source_info)
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+class SampleIndex:
+    """The global sample index over a list of shards: a sample's position in the concatenation of
+    the shards in the order given (a pattern's matches in sorted order). The same in every epoch
+    and for any number of ranks, since it depends on the shard list alone."""
+
+    def __init__(self, shards: Sequence[Shard]):
+        self.shards = list(shards)
+        self.starts = np.cumsum([0, *(len(s) for s in self.shards)])
+        self._ordinal = {str(s.path): i for i, s in enumerate(self.shards)}
+        self._offsets = [np.asarray(s.offsets, dtype=np.int64) for s in self.shards]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def of_source(self, source: str) -> int:
+        """The index of the sample DALI describes as `shard.tar:offset:member`."""
+        path, offset, member = source.rsplit(":", 2)
+        ordinal = self._ordinal.get(path)
+        offsets = self._offsets[ordinal] if ordinal is not None else None
+        position = int(np.searchsorted(offsets, int(offset))) if offsets is not None else -1
+        if offsets is None or position >= len(offsets) or offsets[position] != int(offset):
+            raise SslpipeError(f"{path}: DALI read {member} at byte {offset}, which is no sample of "
+                               f"the shard list (was the shard rewritten since the loader started?)")
+        return int(self.starts[ordinal]) + position
+
+    def locate(self, index: int) -> tuple[Shard, int]:
+        """The shard holding sample `index`, and its position there."""
+        ordinal = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.shards[ordinal], index - int(self.starts[ordinal])
+
+    def keys(self, indices) -> list[str]:
+        """The samples' keys, in the order of `indices`."""
+        return [shard.keys[position] for shard, position in map(self.locate, np.asarray(indices).tolist())]
 
 
 def resolve_shards(shards: str | Path | list) -> list[Shard]:
@@ -74,16 +112,17 @@ def _shard(path: Path) -> Shard:
     if last_byte > path.stat().st_size:
         raise SslpipeError(f"{index} does not match {path} (the tar is shorter than the index says): "
                            f"run `sslpipe verify` on the folder")
-    keys = []
+    keys, offsets = [], []
     for sample in samples:
         key = sample[0][3].split(".", 1)[0] if sample else "?"
-        present = {ext for ext, *_ in sample}
+        present = {ext: offset for ext, offset, *_ in sample}
         missing = [ext for ext in REQUIRED if ext not in present]
         if missing:
             raise SslpipeError(f"{path}: sample {key!r} has no .{missing[0]} (each sample needs "
                                f"{' and '.join('.' + e for e in REQUIRED)})")
         keys.append(key)
-    return Shard(path, index, tuple(keys))
+        offsets.append(present["jpg"])
+    return Shard(path, index, tuple(keys), tuple(offsets))
 
 
 def rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:

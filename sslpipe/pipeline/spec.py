@@ -1,13 +1,17 @@
 """Pipeline specs: the views of a recipe, declared in YAML and loaded into frozen dataclasses.
 
 A spec is a list of view groups (`pipelines/*.yaml`). Each group makes `count` views of every
-image: a crop (DALI) followed by photometric augmentations (torch), in this order, as in
-SimCLR, BYOL and SwAV: crop, flip, color jitter, grayscale, blur, solarize, normalize.
-`load_spec` checks every key and value and names the file and key at fault.
+image: a crop and flip (DALI), then the photometric ops of the table (`sslpipe.pipeline.ops`:
+color jitter, grayscale, blur, solarize, in that order, as in SimCLR, BYOL and SwAV), then any
+Kornia transforms, then the normalization. `load_spec` checks every key and value and names the
+file and key at fault.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -16,15 +20,17 @@ from pathlib import Path
 import yaml
 
 from sslpipe.errors import SslpipeError
+from sslpipe.files import shipped_folder
+from sslpipe.pipeline.ops import OPS, Blur, ColorJitter, Grayscale, Solarize
+from sslpipe.pipeline.ops.kornia_transforms import KorniaTransform, parse_kornia
 from sslpipe.typed import build
-
-# The shipped specs, by name (`load_spec("simclr")`), when sslpipe runs from a checkout or an
-# editable install; otherwise pass a path.
-SHIPPED = Path(__file__).resolve().parents[2] / "pipelines"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+__all__ = ["Blur", "ColorJitter", "Grayscale", "KorniaTransform", "Normalize", "PipelineSpec", "Solarize",
+           "ViewSpec", "load_spec", "parse_spec", "shipped_specs"]
 
 
 def _probability(name: str, value: float) -> None:
@@ -32,66 +38,11 @@ def _probability(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
 
 
-def _range(name: str, values: tuple[float, float], low: float, high: float, open_low: bool) -> None:
+def _range(name: str, values: tuple[float, float], low: float, high: float) -> None:
     a, b = values
-    below = (lambda v: v <= low) if open_low else (lambda v: v < low)
-    if below(a) or below(b) or a > high or b > high or a > b:
-        interval = f"{'(' if open_low else '['}{low}, {high}]"
-        raise ValueError(f"{name} must be [low, high] with low <= high, both in {interval}, "
+    if not (low < a <= b <= high):
+        raise ValueError(f"{name} must be [low, high] with low <= high, both in ({low}, {high}], "
                          f"got {list(values)}")
-
-
-@dataclass(frozen=True)
-class ColorJitter:
-    """torchvision's ColorJitter applied with probability `p`.
-
-    Brightness, contrast and saturation factors are drawn from U[max(0, 1-s), 1+s], the hue shift
-    from U[-h, h] of a full turn; the four operations run in a random order per sample.
-    """
-
-    p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-
-    def __post_init__(self):
-        _probability("p", self.p)
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5] (a fraction of a full turn), got {self.hue}")
-
-
-@dataclass(frozen=True)
-class Blur:
-    """Gaussian blur with probability `p`, sigma drawn per sample from U[sigma].
-
-    `kernel_size` (odd) defaults to about 10% of the view's size, as in SimCLR (23 px at 224).
-    """
-
-    p: float = 0.5
-    sigma: tuple[float, float] = (0.1, 2.0)
-    kernel_size: int | None = None
-
-    def __post_init__(self):
-        _probability("p", self.p)
-        _range("sigma", self.sigma, 0.0, math.inf, open_low=True)
-        if self.kernel_size is not None and (self.kernel_size < 1 or self.kernel_size % 2 == 0):
-            raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
-
-
-@dataclass(frozen=True)
-class Solarize:
-    """Invert the values at or above `threshold` (a fraction of the range) with probability `p`."""
-
-    p: float = 0.2
-    threshold: float = 0.5
-
-    def __post_init__(self):
-        _probability("p", self.p)
-        _probability("threshold", self.threshold)
 
 
 @dataclass(frozen=True)
@@ -113,6 +64,11 @@ class ViewSpec:
     `crop: random` is torchvision's RandomResizedCrop (area fraction in `scale`, aspect ratio in
     `ratio`); `crop: center` resizes the shorter side to `resize` (default `size / 0.875`, i.e.
     256 for 224) and takes the central `size` x `size` square, with no randomness.
+
+    `ops` holds the settings of the photometric ops the view uses (instances of the table's
+    settings classes, kept in table order); `view.blur`, `view.color_jitter`, ... read them (None
+    when unused). `ViewSpec.create(name=..., size=..., blur=Blur(p=1.0), grayscale=0.2)` builds
+    one from keyword arguments as YAML names them.
     """
 
     name: str
@@ -124,10 +80,8 @@ class ViewSpec:
     resize: int | None = None
     interpolation: typing.Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
     flip: float = 0.5
-    color_jitter: ColorJitter | None = None
-    grayscale: float = 0.0
-    blur: Blur | None = None
-    solarize: Solarize | None = None
+    ops: tuple = ()
+    kornia: tuple[KorniaTransform, ...] = ()
     normalize: Normalize | None = field(default_factory=Normalize)
 
     def __post_init__(self):
@@ -135,24 +89,61 @@ class ViewSpec:
             raise ValueError(f"size must be >= 1, got {self.size}")
         if self.count < 1:
             raise ValueError(f"count must be >= 1, got {self.count}")
-        _range("scale", self.scale, 0.0, 1.0, open_low=True)
-        _range("ratio", self.ratio, 0.0, math.inf, open_low=True)
+        _range("scale", self.scale, 0.0, 1.0)
+        _range("ratio", self.ratio, 0.0, math.inf)
         if self.resize is not None and self.resize < self.size:
             raise ValueError(f"resize ({self.resize}) must be >= size ({self.size})")
         _probability("flip", self.flip)
-        _probability("grayscale", self.grayscale)
+        by_class = {op.Settings: key for key, op in OPS.items()}
+        keys = []
+        for settings in self.ops:
+            if type(settings) not in by_class:
+                raise ValueError(f"ops: {settings!r} is not the settings of an op of the table ({', '.join(OPS)})")
+            keys.append(by_class[type(settings)])
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"ops: each op at most once, got {keys}")
+        # Table order, and no op that never runs (p = 0): equal views compare equal.
+        ordered = tuple(s for key in OPS for s, k in zip(self.ops, keys) if k == key and s.p > 0)
+        object.__setattr__(self, "ops", ordered)
 
-    @property
-    def blur_kernel(self) -> int:
-        """The blur kernel size: as set, or the odd number nearest to 10% of `size` (at least 3)."""
-        if self.blur is not None and self.blur.kernel_size is not None:
-            return self.blur.kernel_size
-        return max(3, 2 * round((self.size * 0.1 - 1) / 2) + 1)
+    @classmethod
+    def create(cls, **values) -> ViewSpec:
+        """A view from keyword arguments: its fields, and op settings by their YAML keys (a number
+        is the op's probability with its other settings at their defaults)."""
+        given = tuple(values.pop("ops", ()))
+        ops = [op.Settings(p=value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+               for key, op in OPS.items() if (value := values.pop(key, None)) is not None]
+        return cls(**values, ops=(*given, *ops))
+
+    def op(self, key: str):
+        """The settings of the table's op `key`, or None when the view does not use it."""
+        settings = OPS[key].Settings
+        return next((s for s in self.ops if type(s) is settings), None)
+
+    def __getattr__(self, name: str):
+        if name in OPS:
+            return self.op(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def resize_to(self) -> int:
         """The shorter side before a center crop."""
         return self.resize if self.resize is not None else round(self.size / 0.875)
+
+    @property
+    def random(self) -> bool:
+        """Whether the view draws random numbers (an evaluation view does not)."""
+        return self.crop == "random" or self.flip > 0 or bool(self.ops) or bool(self.kornia)
+
+    def to_dict(self) -> dict:
+        """The view as YAML writes it (op settings under their keys)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("ops", "kornia")}
+        data["normalize"] = dataclasses.asdict(self.normalize) if self.normalize else None
+        for key in OPS:
+            settings = self.op(key)
+            data[key] = dataclasses.asdict(settings) if settings is not None else None
+        data["kornia"] = [{t.name: dict(t.args)} for t in self.kornia]
+        return json.loads(json.dumps(data))  # tuples as lists: plain data
 
 
 @dataclass(frozen=True)
@@ -178,20 +169,64 @@ class PipelineSpec:
     @property
     def random(self) -> bool:
         """Whether any view draws random numbers (an eval spec does not)."""
-        return any(g.crop == "random" or g.flip > 0 or g.color_jitter or g.grayscale > 0
-                   or g.blur or g.solarize for g in self.groups)
+        return any(g.random for g in self.groups)
+
+    def describe(self) -> str:
+        """`name (source): global 2 x 224 px, local 6 x 96 px`."""
+        views = ", ".join(f"{g.name} {g.count} x {g.size} px" for g in self.groups)
+        return f"{self.name} ({self.source}): {views}"
+
+    def to_dict(self) -> dict:
+        """What the spec does, as plain data (not where it came from)."""
+        return {"views": [g.to_dict() for g in self.groups]}
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of `to_dict()`: equal for specs that make the same views, whatever their file."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def resized(self, size: int) -> PipelineSpec:
+        """The spec at another size: every view scaled by `size / views[0].size` (a center crop's
+        `resize` with it, so it cuts the same share of the image); its name gains `@size`."""
+        if size < 1:
+            raise SslpipeError(f"a spec's size must be >= 1, got {size}")
+        factor = size / self.views[0].size
+        groups = tuple(dataclasses.replace(g, size=max(1, round(g.size * factor)),
+                                           resize=max(1, round(g.resize_to * factor)) if g.crop == "center" else g.resize)
+                       for g in self.groups)
+        return dataclasses.replace(self, name=f"{self.name}@{size}", groups=groups)
 
 
-def load_spec(spec: str | Path | PipelineSpec) -> PipelineSpec:
-    """A spec from a YAML path, a shipped name (`"simclr"`), or a spec (returned as is)."""
-    if isinstance(spec, PipelineSpec):
-        return spec
+def differences(saved: object, current: object, where: str = "") -> list[str]:
+    """`where: before -> now` for every leaf that differs between two plain-data trees."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for key in sorted(set(saved) | set(current), key=str)
+                for d in differences(saved.get(key), current.get(key), f"{where}.{key}" if where else str(key))]
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [d for i, (a, b) in enumerate(zip(saved, current)) for d in differences(a, b, f"{where}[{i}]")]
+    return [] if saved == current else [f"{where}: {saved!r} -> {current!r}"]
+
+
+def shipped_specs() -> dict[str, Path]:
+    """The specs that ship with sslpipe, by name."""
+    return {path.stem: path for path in sorted(shipped_folder("pipelines").glob("*.yaml"))}
+
+
+def load_spec(spec: str | Path | PipelineSpec, size: int | None = None) -> PipelineSpec:
+    """A spec from a YAML path, a shipped name (`"simclr"`), or a spec (returned as is); `size`
+    rescales it (`PipelineSpec.resized`)."""
+    if not isinstance(spec, PipelineSpec):
+        spec = _read_spec(spec)
+    return spec.resized(size) if size is not None and size != spec.views[0].size else spec
+
+
+def _read_spec(spec: str | Path) -> PipelineSpec:
     path = Path(spec)
     if not path.suffix and not path.exists():
-        path = SHIPPED / f"{spec}.yaml"
-        if not path.is_file():
-            shipped = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
-            raise SslpipeError(f"no pipeline spec named {str(spec)!r}: give a YAML path or one of {shipped}")
+        shipped = shipped_specs()
+        if str(spec) not in shipped:
+            raise SslpipeError(f"no pipeline spec named {str(spec)!r}: give a YAML path or one of {sorted(shipped)}")
+        path = shipped[str(spec)]
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
@@ -211,9 +246,32 @@ def parse_spec(data: object, source: str = "<memory>") -> PipelineSpec:
     views = data.get("views")
     if not isinstance(views, list):
         raise SslpipeError(f"{source}: 'views' must be a list of view mappings")
-    groups = tuple(build(ViewSpec, v, f"views[{i}]", source) for i, v in enumerate(views))
+    groups = tuple(_parse_view(v, f"views[{i}]", source) for i, v in enumerate(views))
     name = data.get("name", Path(source).stem)
     try:
         return PipelineSpec(name=str(name), groups=groups, source=source)
     except ValueError as e:
         raise SslpipeError(f"{source}: {e}") from None
+
+
+def _parse_view(data: object, where: str, source: str) -> ViewSpec:
+    """A view mapping: ViewSpec's fields, the table's op keys and `kornia`."""
+    if not isinstance(data, dict):
+        raise SslpipeError(f"{source}: {where} must be a mapping, got {data!r}")
+    fields = {key: value for key, value in data.items() if key not in OPS and key != "kornia"}
+    ops = tuple(settings for key, op in OPS.items()
+                if (settings := _op_settings(op.Settings, data.get(key), f"{where}.{key}", source)) is not None)
+    kornia = parse_kornia(data.get("kornia"), f"{where}.kornia", source)
+    return build(ViewSpec, fields, where, source, given={"ops": ops, "kornia": kornia},
+                 also=(*OPS, "kornia"))
+
+
+def _op_settings(settings: type, value: object, where: str, source: str):
+    """`false`/`null`/absent: off; `true`: the defaults; a number p: the defaults with that probability."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isnan(value) or not 0 <= value <= 1:
+            raise SslpipeError(f"{source}: {where} must be a probability in [0, 1], got {value}")
+        return settings(p=float(value)) if value > 0 else None
+    return build(settings, {} if value is True else value, where, source)

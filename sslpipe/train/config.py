@@ -6,6 +6,8 @@ A recipe (YAML) overrides the defaults below; an override replaces one value, gi
 syntax (`data.batch_size=512`, `method.projector=[2048,128]`). Every key and value is checked
 against its field's type, and an error names the file or override and the key at fault.
 The `method` section's fields depend on `method.name` (each method declares its own `Config`).
+The choices of `method.name`, `model.backbone` and `optim.name` are the keys of their registries
+(`sslpipe.methods.METHODS`, `sslpipe.models.BACKBONES`, `sslpipe.optim.OPTIMIZERS`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from typing import Literal
 import yaml
 
 from sslpipe.errors import SslpipeError
+from sslpipe.files import shipped_recipe
+from sslpipe.methods import METHODS
+from sslpipe.models import BACKBONES
+from sslpipe.optim import OPTIMIZERS, SCALE_RULES
 from sslpipe.typed import build
 
 
@@ -38,7 +44,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet50"] = "resnet50"
+    backbone: Literal[tuple(BACKBONES)] = "resnet50"
     small_images: bool = False     # 3x3 stride-1 stem and no max-pool, for 32-96 px images
     zero_init_residual: bool = False
     sync_bn: bool = False          # SyncBatchNorm across processes (SimCLR, SwAV, SimSiam)
@@ -46,12 +52,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["lars", "sgd"] = "sgd"
+    name: Literal[tuple(OPTIMIZERS)] = "sgd"
     lr: float = 0.05               # base rate, scaled by `lr_scaling` from the global batch size
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # lr*B/256, lr*sqrt(B), or lr as is
+    lr_scaling: Literal[SCALE_RULES] = "linear"  # lr*B/256, lr*sqrt(B), or lr as is
     final_lr_ratio: float = 0.0    # the cosine ends at this fraction of the peak rate
     warmup_epochs: float = 0.0     # linear warmup from 0, then cosine
     weight_decay: float = 1e-4
+    final_weight_decay: float | None = None  # a cosine from weight_decay to this (DINO); None: constant
     momentum: float = 0.9
     eta: float = 0.001             # LARS trust coefficient
     exclude_bias_and_norm: bool = False  # no weight decay (nor LARS adaptation) on 1-D parameters
@@ -61,8 +68,13 @@ class OptimConfig:
         for name in ("lr", "weight_decay", "final_lr_ratio", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.final_weight_decay is not None and self.final_weight_decay < 0:
+            raise ValueError(f"final_weight_decay must be >= 0, got {self.final_weight_decay}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            # torch would scale the gradient by a negative factor: a step uphill
+            raise ValueError(f"clip_grad_norm must be > 0 (or null: no clipping), got {self.clip_grad_norm}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,10 @@ class EvalConfig:
 
     val: str | None = None         # labelled shards held out from training, e.g. out/val-*.tar
     train: str | None = None       # the kNN's labelled memory (default: data.train)
-    pipeline: str = "eval"         # centre crop, no randomness (small_eval for 64 px recipes)
+    pipeline: str = "eval"         # centre crop, no randomness
+    size: int | None = None        # the eval and fine-tune specs rescaled to this size (64 for 64 px
+                                   # recipes); None: the specs' own (224)
+    finetune_pipeline: str = "finetune"  # random crops and flips, for fine-tuning and augmented probes
     every_epochs: int = 1          # 0: never during training
     knn_k: int | None = None       # default: 200, or 20 for small sets (eval.knn.default_k)
     knn_temperature: float = 0.07
@@ -103,11 +118,14 @@ class EvalConfig:
     def __post_init__(self):
         if self.every_epochs < 0 or self.batch_size < 1 or self.knn_temperature <= 0:
             raise ValueError("every_epochs >= 0, batch_size >= 1 and knn_temperature > 0 are required")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1 (or null: the specs' own), got {self.size}")
 
 
 @dataclass(frozen=True)
 class Config:
-    method: object                 # the method's own Config dataclass, chosen by `method.name`
+    method_name: str               # a key of sslpipe.methods.METHODS
+    method: object                 # that method's own Config dataclass
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -115,7 +133,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The sections as plain data, the method's name inside its section (as a recipe has it)."""
+        data = dataclasses.asdict(self)
+        return {"method": {"name": data.pop("method_name"), **data.pop("method")}, **data}
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
@@ -127,6 +147,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
     data, source = {}, "<defaults>"
     if recipe is not None:
         path = Path(recipe)
+        if not path.suffix and not path.exists() and shipped_recipe(str(recipe)).is_file():
+            path = recipe = shipped_recipe(str(recipe))  # a shipped recipe by name
         if not path.is_file():
             raise SslpipeError(f"{path}: no such recipe file")
         source = str(path)
@@ -145,8 +167,6 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def parse_config(data: dict, source: str, default_run: str = "run") -> Config:
-    from sslpipe.methods import METHODS  # the method registry imports torch: only when needed
-
     unknown = sorted(set(data) - {"method", *SECTIONS})
     if unknown:
         raise SslpipeError(f"{source}: {unknown[0]}: unknown section "
@@ -161,7 +181,7 @@ def parse_config(data: dict, source: str, default_run: str = "run") -> Config:
     sections = {key: build(cls, data.get(key) or {}, key, source) for key, cls in SECTIONS.items()}
     if sections["train"].run is None:
         sections["train"] = dataclasses.replace(sections["train"], run=default_run)
-    return Config(method=build(METHODS[name].Config, method, "method", source), **sections)
+    return Config(method_name=name, method=build(METHODS[name].Config, method, "method", source), **sections)
 
 
 def _apply_override(data: dict, override: str) -> None:

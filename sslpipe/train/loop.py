@@ -1,18 +1,17 @@
 """The one training loop, for every method, under HuggingFace Accelerate.
 
-    accelerate launch -m sslpipe.train recipes/simclr_r50.yaml data.train='shards/train-{000000..001023}.tar'
+    accelerate launch -m sslpipe.train recipes/simclr_r50_imagenet.yaml data.train='shards/train-{000000..001023}.tar'
 
 Each process reads its own shards through a `ViewLoader` (never `accelerator.prepare`d: that
 would read on one process and broadcast); the method runs under DDP and autocast; schedules are
-arrays indexed by the global step. Read top to bottom: setup, resume, then `train_one_epoch`.
-
-The run folder `<train.out>/<train.run>/` holds `config.yaml` (resolved, with the git SHA),
-`metrics.jsonl`, TensorBoard logs when installed, `checkpoints/` and, at the end,
-`backbone.safetensors` (torchvision's ResNet keys).
+arrays indexed by the global step. Read top to bottom: setup and resume (`train`), then
+`train_one_epoch`. What is saved and how a resume is checked: `checkpoint.py`; what the run
+folder holds: `run_folder.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -24,49 +23,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object
-from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sslpipe.errors import SslpipeError
-from sslpipe.eval.evaluate import knn_evaluation
-from sslpipe.methods import METHODS, Method, Step, StepOutput
+from sslpipe.eval.features import extract_features
+from sslpipe.eval.knn import knn_evaluation
+from sslpipe.methods import METHODS, Method, Step
 from sslpipe.models import build_backbone
+from sslpipe.optim import OPTIMIZERS, apply_schedule, constant, param_groups, scale_lr, warmup_cosine
 from sslpipe.pipeline.loader import ViewLoader
-from sslpipe.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from sslpipe.pipeline.spec import PipelineSpec, load_spec
+from sslpipe.train.checkpoint import Checkpointer, MethodRankState, Progress, RNGState
 from sslpipe.train.config import Config
-from sslpipe.train.lars import LARS
-from sslpipe.train.param_groups import apply_schedule, param_groups
-from sslpipe.train.schedules import scale_lr, warmup_cosine
-
-CHECKPOINT_VERSION = 1
-# Settings a resumed run may change; any other difference would make it a different run.
-RESUMABLE_CHANGES = {"train": {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
-                               "nonfinite_loss", "out", "run"},
-                     "eval": {"val", "train", "pipeline", "every_epochs", "knn_k", "knn_temperature",
-                              "batch_size"}}
+from sslpipe.train.run_folder import MetricsWriter, RunFolder, save_backbone
+from sslpipe.train.window import Window
 
 
 @dataclass
 class Schedules:
-    """Per-step values, (total_steps,) arrays: learning rate and EMA momentum (or None)."""
+    """Per-step values by name, each (total_steps,): `lr`, `weight_decay` and the method's own."""
 
-    lr: np.ndarray
-    ema_momentum: np.ndarray | None
+    values: dict[str, np.ndarray]
     peak_lr: float
+
+    def at(self, step: int) -> dict[str, float]:
+        return {name: float(values[step]) for name, values in self.values.items()}
 
 
 def train(config: Config, *, resume: str | Path | None = None) -> Path:
     """Train `config`; returns the run folder. `resume`: "auto" (this run's last checkpoint), a
     checkpoint file or a run folder."""
     accelerator = _accelerator(config)
-    run_dir = Path(config.train.out) / config.train.run
-    checkpoint = _resume_from(resume, run_dir)
-    if checkpoint is None and (run_dir / "checkpoints").exists():
-        raise SslpipeError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
+    run = RunFolder(Path(config.train.out) / config.train.run)
+    checkpoint = None if resume is None else RunFolder.find_checkpoint(run.path if str(resume) == "auto" else resume)
+    if checkpoint is None and run.checkpoints.exists():
+        raise SslpipeError(f"{run.path} already holds checkpoints: add --resume to continue that run, "
                            f"or choose another train.run")
     world, rank = accelerator.num_processes, accelerator.process_index
     if config.data.batch_size % world:
@@ -74,14 +68,18 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
                            f"the {world} processes")
     torch.manual_seed(config.train.seed)  # the same initial weights on every process
 
-    loader = ViewLoader(config.data.pipeline, config.data.train, config.data.batch_size // world,
+    spec = load_spec(config.data.pipeline)
+    method = build_method(config)
+    needed = method.views_needed()
+    needed.check(spec, config.method_name)  # before any work: a spec that does not fit trains wrongly
+    loader = ViewLoader(spec, config.data.train, config.data.batch_size // world,
                         device=accelerator.device, rank=rank, world_size=world, seed=config.train.seed,
                         dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32,
                         channels_last=config.data.channels_last, decode=config.data.decode,
-                        num_threads=config.data.num_threads, shuffle_buffer=config.data.shuffle_buffer)
-    method = _build_method(config)
+                        num_threads=config.data.num_threads, shuffle_buffer=config.data.shuffle_buffer,
+                        windows=needed.windows)
     steps_per_epoch, total_steps = len(loader), len(loader) * config.train.epochs
-    schedules = _schedules(config, method, steps_per_epoch, total_steps)
+    schedules = build_schedules(config, method, steps_per_epoch, total_steps)
     sync_bn = config.model.sync_bn and world > 1
     if sync_bn and accelerator.device.type != "cuda":
         sync_bn = False  # DDP refuses SyncBatchNorm on CPU: each process normalizes its own batch
@@ -91,31 +89,37 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if config.data.channels_last else torch.contiguous_format
     method = method.to(accelerator.device, memory_format=memory_format)
-    optimizer = _optimizer(config, method, schedules.peak_lr)
+    # The parts' buffers (queues, banks) are kept in step by the method on every process.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, method.unsynced_buffers())
+    optimizer = build_optimizer(config, method, schedules.peak_lr)
     model, optimizer = accelerator.prepare(method, optimizer)
 
-    step = 0
+    progress = Progress()
+    checkpointer = Checkpointer(
+        accelerator, run.checkpoints, config.train.keep_checkpoints,
+        shared={"model": method, "optimizer": optimizer, "scaler": accelerator.scaler, "progress": progress},
+        per_rank={"loader": loader, "method": MethodRankState(method), "rng": RNGState()})
     if checkpoint is not None:
-        step = _restore(checkpoint, config, accelerator, method, optimizer, loader)
+        try:
+            checkpointer.restore(checkpoint, config.to_dict())
+        except ValueError as e:  # a method's or part's refusal of the saved state
+            raise SslpipeError(f"cannot resume from {checkpoint}: {e}") from None
     if accelerator.is_main_process:
-        _write_config(run_dir, config, accelerator, steps_per_epoch, total_steps, schedules, checkpoint,
-                      sync_bn)
+        run.write_config(resolved_config(config, accelerator, spec, steps_per_epoch, total_steps, schedules,
+                                         checkpoint, sync_bn))
     if accelerator.log_with:
         accelerator.init_trackers("tensorboard")  # <run folder>/tensorboard/
-    metrics_file = run_dir / "metrics.jsonl"
 
-    state = TrainState(accelerator, model, method, optimizer, loader, schedules, config, run_dir,
-                       metrics_file, steps_per_epoch, step)
+    state = TrainState(accelerator, model, method, optimizer, loader, schedules, config, run,
+                       MetricsWriter(run, accelerator), checkpointer, progress, steps_per_epoch)
     last_step = min(total_steps, config.train.max_steps or total_steps)
-    while state.step < last_step:
+    while progress.step < last_step:
         train_one_epoch(state, last_step)
-    if state.step == total_steps and accelerator.is_main_process:
-        backbone = {k: v.contiguous() for k, v in method.backbone.state_dict().items()}
-        save_file(backbone, run_dir / "backbone.safetensors",
-                  metadata={"format": "pt", "keys": "torchvision"})
+    if progress.step == total_steps and accelerator.is_main_process:
+        save_backbone(method.backbone.state_dict(), run.backbone, {"format": "pt", "keys": "torchvision"})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return run_dir
+    return run.path
 
 
 @dataclass
@@ -127,42 +131,44 @@ class TrainState:
     loader: ViewLoader
     schedules: Schedules
     config: Config
-    run_dir: Path
-    metrics_file: Path
+    run: RunFolder
+    metrics: MetricsWriter
+    checkpointer: Checkpointer
+    progress: Progress               # global steps done, steps skipped on a non-finite loss
     steps_per_epoch: int
-    step: int                        # global steps done
-    skipped: int = 0                 # steps skipped on a non-finite loss (train.nonfinite_loss=skip)
 
 
 def train_one_epoch(state: TrainState, last_step: int) -> None:
     """The rest of the current epoch, or up to `last_step`, checkpointing on the way."""
-    acc, config, loader = state.accelerator, state.config, state.loader
-    epoch, done_in_epoch = divmod(state.step, state.steps_per_epoch)
+    acc, config, loader, progress = state.accelerator, state.config, state.loader, state.progress
+    epoch, done_in_epoch = divmod(progress.step, state.steps_per_epoch)
     loader.set_epoch(epoch)  # after a resume, the loader is already there, mid-epoch
+    if done_in_epoch == 0:
+        state.method.on_epoch_start(epoch, _feature_extractor(state))
     bar = tqdm(total=state.steps_per_epoch, initial=done_in_epoch,
                desc=f"epoch {epoch + 1}/{config.train.epochs}",
                disable=not acc.is_main_process, dynamic_ncols=True)
     window = Window()
     batches = iter(loader)
-    while state.step < last_step and done_in_epoch < state.steps_per_epoch:
+    while progress.step < last_step and done_in_epoch < state.steps_per_epoch:
         started = time.perf_counter()
         batch = next(batches)
         waited = time.perf_counter() - started
 
-        index = state.step
-        apply_schedule(state.optimizer, float(state.schedules.lr[index]))
-        momentum = state.schedules.ema_momentum
-        step = Step(index=index, epoch=epoch, seed=config.train.seed,
-                    ema_momentum=float(momentum[index]) if momentum is not None else 0.0)
+        index = progress.step
+        values = state.schedules.at(index)
+        apply_schedule(state.optimizer, values["lr"], values["weight_decay"])
+        step = Step(index=index, epoch=epoch, seed=config.train.seed, rank=acc.process_index, values=values,
+                    device=acc.device)
         with acc.autocast():
-            out = state.model(batch.views, step)
+            out = state.model(batch, step)
         skip = _nonfinite(acc, out.loss)
         if skip:
-            state.skipped += 1
+            progress.skipped += 1
             if config.train.nonfinite_loss == "stop":
                 raise SslpipeError(
                     f"the loss is {out.loss.item()} at step {index} (epoch {epoch}); stopped before updating "
-                    f"the weights. The last good checkpoint is {state.run_dir / 'checkpoints' / 'last.pt'} "
+                    f"the weights. The last good checkpoint is {state.run.checkpoints / 'last.pt'} "
                     f"(if any). Lower optim.lr, set optim.clip_grad_norm, or set train.nonfinite_loss=skip")
         else:
             state.optimizer.zero_grad(set_to_none=True)
@@ -171,20 +177,23 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
             if config.optim.clip_grad_norm is not None:
                 acc.clip_grad_norm_(state.model.parameters(), config.optim.clip_grad_norm)
             state.optimizer.step()
-        state.step += 1
+            state.method.after_optimizer_step(step)
+        progress.step += 1
         done_in_epoch += 1
-        window.add(None if skip else out, waited, time.perf_counter() - started,
-                   batch.views[0].shape[0] * acc.num_processes)
+        window.add(None if skip else out, waited, time.perf_counter() - started, batch.size * acc.num_processes)
 
-        if state.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
-            row = window.flush(acc, state, epoch)
+        if progress.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
+            row = {"step": progress.step, "epoch": epoch, **window.means(acc), **values,
+                   "momentum": config.optim.momentum, "skipped_steps": progress.skipped}
+            state.metrics.write(row)
+            window = Window()
             bar.set_postfix(loss=f"{row.get('loss', math.nan):.4f}", img_s=f"{row['images_per_s']:.0f}",
                             data_wait=f"{row['data_wait']:.0%}", refresh=False)
         bar.update(1)
         every = config.train.checkpoint_every
-        if (every and state.step % every == 0) or done_in_epoch == state.steps_per_epoch \
-                or state.step == last_step:
-            _save(state)
+        if (every and progress.step % every == 0) or done_in_epoch == state.steps_per_epoch \
+                or progress.step == last_step:
+            state.checkpointer.save(progress.step, config.to_dict())
     bar.close()
     online = config.eval.every_epochs
     if done_in_epoch == state.steps_per_epoch and config.eval.val and online and (epoch + 1) % online == 0:
@@ -196,54 +205,22 @@ def _online_knn(state: TrainState, epoch: int) -> None:
     acc, evaluation = state.accelerator, state.config.eval
     memory = evaluation.train or state.config.data.train
     result = knn_evaluation(state.method.backbone, memory, evaluation.val, pipeline=evaluation.pipeline,
-                            k=evaluation.knn_k, temperature=evaluation.knn_temperature,
+                            size=evaluation.size, k=evaluation.knn_k, temperature=evaluation.knn_temperature,
                             batch_size=evaluation.batch_size, device=acc.device)
-    row = {"step": state.step, "epoch": epoch, **{f"knn_{k}": v for k, v in result.items()}}
-    if acc.is_main_process:
-        with open(state.metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if acc.log_with:
-            acc.log({k: v for k, v in row.items() if k != "step"}, step=state.step)
+    state.metrics.write({"step": state.progress.step, "epoch": epoch, **{f"knn_{k}": v for k, v in result.items()}})
     acc.print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.1f}% (k={result['k']}) on {evaluation.val}")
 
 
-class Window:
-    """Metrics accumulated between two log lines; `flush` averages them over steps and processes.
-    The metrics stay on the device until `flush`: no host sync per step for logging."""
+def _feature_extractor(state: TrainState):
+    """What `Method.on_epoch_start` gets: features of every training image, by global index."""
+    def extract(module: torch.nn.Module) -> torch.Tensor:
+        evaluation = state.config.eval
+        features = extract_features(module, state.config.data.train, spec=evaluation.pipeline, size=evaluation.size,
+                                    batch_size=evaluation.batch_size, device=state.accelerator.device,
+                                    desc="features of the training images")
+        return features.features
 
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.measured, self.waited, self.elapsed, self.images = 0, 0.0, 0.0, 0
-
-    def add(self, out: StepOutput | None, waited: float, elapsed: float, images: int) -> None:
-        """One step's timing, and its metrics unless it was skipped (`out` None: a non-finite loss)."""
-        if out is not None:
-            for name, value in {"loss": out.loss, **out.metrics}.items():
-                self.sums[name] = self.sums.get(name, 0) + value.detach().float().to(out.loss.device)
-            self.measured += 1
-        self.waited, self.elapsed = self.waited + waited, self.elapsed + elapsed
-        self.images += images
-
-    def flush(self, acc: Accelerator, state: TrainState, epoch: int) -> dict:
-        names, means = sorted(self.sums), []
-        if names:  # every process skips the same steps, so all take part in this reduce or none
-            means = acc.reduce(torch.stack([self.sums[n] for n in names]) / self.measured, reduction="mean")
-            means = means.tolist()
-        row = {"step": state.step, "epoch": epoch, **dict(zip(names, means)),
-               "lr": state.optimizer.param_groups[0]["lr"],
-               "momentum": state.config.optim.momentum,
-               "images_per_s": self.images / self.elapsed,
-               "data_wait": self.waited / self.elapsed,   # the fraction of step time spent waiting for data
-               "skipped_steps": state.skipped}
-        if state.schedules.ema_momentum is not None:
-            row["ema_momentum"] = float(state.schedules.ema_momentum[state.step - 1])
-        if acc.is_main_process:
-            with open(state.metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if acc.log_with:
-                acc.log({k: v for k, v in row.items() if k != "step"}, step=state.step)
-        self.__init__()
-        return row
+    return extract
 
 
 def _nonfinite(acc: Accelerator, loss: torch.Tensor) -> bool:
@@ -251,6 +228,8 @@ def _nonfinite(acc: Accelerator, loss: torch.Tensor) -> bool:
     flag = (~torch.isfinite(loss.detach())).float().reshape(1)
     return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
+
+# Setup.
 
 def _accelerator(config: Config) -> Accelerator:
     cuda = torch.cuda.is_available()
@@ -268,123 +247,64 @@ def _accelerator(config: Config) -> Accelerator:
                        log_with="tensorboard" if tensorboard else None)
 
 
-def _build_method(config: Config) -> Method:
+def build_method(config: Config) -> Method:
+    """The recipe's method (registry `METHODS`) around its backbone (registry `BACKBONES`)."""
     backbone = build_backbone(config.model.backbone, small_images=config.model.small_images,
                               zero_init_residual=config.model.zero_init_residual)
-    cls = next(cls for cls in METHODS.values() if isinstance(config.method, cls.Config))
     try:
-        return cls(backbone, config.method, global_batch=config.data.batch_size)
+        return METHODS[config.method_name](backbone, config.method, global_batch=config.data.batch_size)
     except ValueError as e:
         raise SslpipeError(str(e)) from None
 
 
-def _schedules(config: Config, method: Method, steps_per_epoch: int, total_steps: int) -> Schedules:
+def build_schedules(config: Config, method: Method, steps_per_epoch: int, total_steps: int) -> Schedules:
+    """The learning rate (warmup + cosine), the weight decay (constant, or cosine to
+    `optim.final_weight_decay`) and the method's own schedules."""
     optim = config.optim
     peak = scale_lr(optim.lr, config.data.batch_size, optim.lr_scaling)
     warmup = min(total_steps, round(optim.warmup_epochs * steps_per_epoch))
-    lr = warmup_cosine(peak, peak * optim.final_lr_ratio, total_steps, warmup_steps=warmup)
-    return Schedules(lr=lr, ema_momentum=method.ema_momentum_schedule(total_steps), peak_lr=peak)
+    values = {"lr": warmup_cosine(peak, peak * optim.final_lr_ratio, total_steps, warmup_steps=warmup),
+              "weight_decay": constant(optim.weight_decay, total_steps) if optim.final_weight_decay is None
+              else warmup_cosine(optim.weight_decay, optim.final_weight_decay, total_steps)}
+    own = method.schedules(total_steps)
+    clash = sorted(set(own) & set(values))
+    if clash:
+        raise SslpipeError(f"method {config.method_name} schedules {clash}, which the loop schedules itself")
+    for name, array in own.items():
+        if np.shape(array) != (total_steps,):
+            raise SslpipeError(f"method {config.method_name}: schedule {name!r} has shape {np.shape(array)}, "
+                               f"expected ({total_steps},)")
+    return Schedules({**values, **own}, peak)
 
 
-def _optimizer(config: Config, method: Method, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, method: Method, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimizer (registry `OPTIMIZERS`) over the method's parameter groups."""
     optim = config.optim
-    groups = param_groups(method, weight_decay=optim.weight_decay,
-                          exclude_bias_and_norm=optim.exclude_bias_and_norm,
+    groups = param_groups(method, weight_decay=optim.weight_decay, exclude_bias_and_norm=optim.exclude_bias_and_norm,
                           fixed_lr_prefixes=method.fixed_lr_prefixes)
-    if optim.name == "lars":
-        return LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay, eta=optim.eta)
-    return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return OPTIMIZERS[optim.name](groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                                  eta=optim.eta)
 
 
-def _resume_from(resume: str | Path | None, run_dir: Path) -> Path | None:
-    if resume is None:
-        return None
-    return find_checkpoint(run_dir if str(resume) == "auto" else resume)
-
-
-def _save(state: TrainState) -> None:
-    """Every process contributes its own loader, RNG and method state; the main one writes."""
-    acc = state.accelerator
-    rank_state = {"loader": state.loader.state_dict(), "method": state.method.rank_state_dict(),
-                  "rng": _rng_state()}
-    ranks = gather_object([rank_state])
-    if acc.is_main_process:
-        scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-        checkpoint = {"version": CHECKPOINT_VERSION, "step": state.step, "config": state.config.to_dict(),
-                      "model": state.method.state_dict(), "optimizer": state.optimizer.state_dict(),
-                      "scaler": scaler, "skipped": state.skipped, "ranks": ranks}
-        save_checkpoint(checkpoint, state.run_dir / "checkpoints", state.step,
-                        state.config.train.keep_checkpoints)
-    acc.wait_for_everyone()
-
-
-def _restore(path: Path, config: Config, acc: Accelerator, method: Method, optimizer,
-             loader: ViewLoader) -> int:
-    """Load a checkpoint into this process's objects; returns the global step to continue from."""
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise SslpipeError(f"{path}: checkpoint version {checkpoint.get('version')}, "
-                           f"expected {CHECKPOINT_VERSION}")
-    _check_same_run(path, checkpoint["config"], config.to_dict())
-    ranks = checkpoint["ranks"]
-    if len(ranks) != acc.num_processes:
-        raise SslpipeError(f"{path}: saved by {len(ranks)} processes, resumed with {acc.num_processes}: "
-                           f"launch the same number of processes")
-    mine = ranks[acc.process_index]
-    method.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if acc.scaler is not None and checkpoint["scaler"] is not None:
-        acc.scaler.load_state_dict(checkpoint["scaler"])
-    loader.load_state_dict(mine["loader"])
-    method.load_rank_state_dict(mine["method"])
-    _set_rng_state(mine["rng"])
-    return checkpoint["step"]
-
-
-def _check_same_run(path: Path, saved: dict, current: dict) -> None:
-    for section, values in current.items():
-        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
-            if key in RESUMABLE_CHANGES.get(section, ()):
-                continue
-            before = saved.get(section, {}).get(key) if key else saved.get(section)
-            if _plain(before) != _plain(value):
-                changeable = ", train.".join(sorted(RESUMABLE_CHANGES["train"]))
-                raise SslpipeError(f"cannot resume from {path}: {section}.{key} was {before!r}, "
-                                   f"now {value!r} (only the eval section and train.{changeable} may change)")
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _write_config(run_dir: Path, config: Config, acc: Accelerator, steps_per_epoch: int, total_steps: int,
-                  schedules: Schedules, checkpoint: Path | None, sync_bn: bool) -> None:
+def resolved_config(config: Config, acc: Accelerator, spec: PipelineSpec, steps_per_epoch: int,
+                    total_steps: int, schedules: Schedules, checkpoint: Path | None, sync_bn: bool) -> dict:
+    """The config as run: the recipe's values and what was resolved from them and the machine."""
+    recipe = config.to_dict()
     world = acc.num_processes
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {**config.to_dict(),
-                "resolved": {"git": _git_sha(), "processes": world, "device": str(acc.device),
-                             "precision": acc.mixed_precision, "sync_bn": sync_bn,
-                             "batch_per_process": config.data.batch_size // world,
-                             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                             "peak_lr": schedules.peak_lr,
-                             "lr_rule": f"{config.optim.lr} x {config.optim.lr_scaling} scaling "
-                                        f"at batch {config.data.batch_size}",
-                             "resumed_from": str(checkpoint) if checkpoint else None,
-                             "sslpipe": _version()}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+    return {**recipe,
+            "resolved": {"git": _git_sha(), "processes": world, "device": str(acc.device),
+                         "precision": acc.mixed_precision, "sync_bn": sync_bn,
+                         "batch_per_process": config.data.batch_size // world,
+                         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                         "peak_lr": schedules.peak_lr,
+                         "lr_rule": f"{config.optim.lr} x {config.optim.lr_scaling} scaling "
+                                    f"at batch {config.data.batch_size}",
+                         "schedules": sorted(schedules.values),
+                         "spec": {"name": spec.name, "source": spec.source, "fingerprint": spec.fingerprint},
+                         "recipe_fingerprint": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+                         .hexdigest(),
+                         "resumed_from": str(checkpoint) if checkpoint else None,
+                         "sslpipe": _version()}}
 
 
 def _git_sha() -> str:

@@ -60,7 +60,9 @@ def test_chunking_does_not_change_the_scores():
     whole = knn_classify(train, labels, test, k=5, num_classes=4)
     for chunk in (1, 4, 22, 23):
         chunked = knn_classify(train, labels, test, k=5, num_classes=4, chunk=chunk)
-        torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=0)
+        # A matrix product of another shape may round the float32 cosines differently (1 ulp, 6e-8),
+        # and exp(cos / 0.07) multiplies a relative error by 1/0.07 = 14: 1e-6 is within reach.
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=0)
         assert torch.equal(chunked.argmax(dim=1), whole.argmax(dim=1))
 
 

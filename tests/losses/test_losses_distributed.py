@@ -1,4 +1,5 @@
-"""`sslpipe.distributed` and the losses across 2 gloo processes on CPU, against one process.
+"""`sslpipe.distributed`, the losses and the methods' parts (memory bank, queue) across 2 gloo
+processes on CPU, against one process.
 
 One spawn runs every check (starting processes costs most of the time): each rank takes its slice
 of a fixed global batch, and saves what it computed; the tests compare in the parent process.
@@ -14,6 +15,7 @@ import torch.multiprocessing as mp
 
 from sslpipe import distributed
 from sslpipe.losses import nt_xent, sinkhorn
+from sslpipe.methods.parts import FeatureQueue, MemoryBank
 
 WORLD = 2
 N = 4  # samples per rank
@@ -32,7 +34,16 @@ def _inputs():
         "h2": torch.randn(WORLD * N, D_IN, generator=g),
         "projection": torch.randn(D_IN, D, generator=g),
         "scores": features @ prototypes.t(),  # cosine scale, (W*N, 10)
+        "bank_index": torch.randperm(3 * WORLD * N, generator=g)[:WORLD * N],  # rows the global batch updates
+        "bank_features": torch.randn(WORLD * N, 8, generator=g),
     }
+
+
+BANK_SIZE = 3 * WORLD * N
+
+
+def _bank(per_rank):
+    return MemoryBank(BANK_SIZE, 8, per_rank=per_rank, generator=torch.Generator().manual_seed(5))
 
 
 def _worker(rank, folder):
@@ -71,6 +82,15 @@ def _worker(rank, folder):
 
         out["codes"] = sinkhorn(inputs["scores"][mine], eps=0.05, iterations=3)
         out["codes_fp16"] = sinkhorn(inputs["scores"][mine].half(), eps=0.05, iterations=3)
+
+        # The memory bank: replicated (every rank applies every rank's rows) and per rank.
+        for per_rank in (False, True):
+            bank = _bank(per_rank)
+            bank.update(inputs["bank_index"][mine], inputs["bank_features"][mine], momentum=0.5)
+            out[f"bank_per_rank={per_rank}"] = bank.rows.clone()
+        queue = FeatureQueue(4 * N, 8)  # MoCo's use: every rank pushes the gathered keys
+        queue.push(distributed.gather(inputs["bank_features"][mine]))
+        out["queue"] = queue.rows.clone()
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -194,3 +214,23 @@ def test_single_process_is_identity():
     y = torch.tensor([1.0, 2.0])
     assert distributed.all_reduce_sum_(y) is y and distributed.all_reduce_max_(y) is y
     assert distributed.broadcast_(y) is y and y.tolist() == [1.0, 2.0]
+
+
+def test_a_replicated_memory_bank_applies_every_ranks_rows_on_every_rank(run):
+    inputs, results = run
+    single = _bank(per_rank=False)
+    single.update(inputs["bank_index"], inputs["bank_features"], momentum=0.5)
+    for result in results:
+        torch.testing.assert_close(result["bank_per_rank=False"], single.rows, rtol=0, atol=0)
+    # Per rank: each bank holds its own rows' update only.
+    for rank, result in enumerate(results):
+        own = _bank(per_rank=True)
+        own.update(inputs["bank_index"][_slice(rank)], inputs["bank_features"][_slice(rank)], momentum=0.5)
+        torch.testing.assert_close(result["bank_per_rank=True"], own.rows, rtol=0, atol=0)
+    assert not torch.equal(results[0]["bank_per_rank=True"], results[1]["bank_per_rank=True"])
+
+
+def test_a_replicated_queue_is_the_same_on_every_rank(run):
+    inputs, results = run
+    assert torch.equal(results[0]["queue"], results[1]["queue"])
+    torch.testing.assert_close(results[0]["queue"][:WORLD * N], inputs["bank_features"], rtol=0, atol=0)

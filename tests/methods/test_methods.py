@@ -16,10 +16,11 @@ from torch import nn
 
 from sslpipe.losses import nt_xent, sinkhorn, swapped_prediction
 from sslpipe.methods import MoCo, SimCLR, SimSiam, Step, SwAV
-from sslpipe.methods.base import embedding_std, encode_by_size, health_metrics
+from sslpipe.methods.base import embedding_std, encode_groups, health_metrics
 from sslpipe.models import resnet18
 from sslpipe.models.split_batchnorm import SplitBatchNorm2d, split_batchnorm
-from sslpipe.train.param_groups import param_groups
+from sslpipe.optim.param_groups import param_groups
+from sslpipe.pipeline.batch import Batch
 
 N = 8  # the global batch (one process)
 
@@ -29,6 +30,15 @@ def _views(count=2, size=8, n=N, seed=0, sizes=None):
     generator = torch.Generator().manual_seed(seed)
     sizes = sizes or [size] * count
     return [torch.randn(n, 3, s, s, generator=generator) for s in sizes]
+
+
+def _batch(views):
+    """The views as a loader's batch: the first two named "global", the others "local"."""
+    return Batch.from_views(views, names=["global"] * min(2, len(views)) + ["local"] * (len(views) - 2))
+
+
+def _momentum(m, **step):
+    return Step(values={"ema_momentum": m}, **step)
 
 
 def _build(cls, seed=0, **config):
@@ -69,14 +79,16 @@ def test_one_sgd_step_lowers_the_loss_on_the_same_batch(name):
     # keys of the second evaluation come from the same encoder (its BN is in train mode: batch
     # statistics, the running buffers it updates play no part). index >= SwAV's
     # freeze_prototypes_steps, so the prototypes learn too.
-    step = Step(index=3, epoch=0, ema_momentum=1.0, seed=0)
+    step = _momentum(1.0, index=3, epoch=0, seed=0)
     # MoCo's forward enqueues its keys: restore the queue so the re-evaluation sees the same negatives.
-    saved = {k: v.clone() for k, v in method.named_buffers() if k in ("queue", "queue_position")}
-    out = method(views, step)
+    saved = {k: v.clone() for k, v in method.named_buffers() if k.startswith("queue.")}
+    out = method(_batch(views), step)
     _check_output(out, OUT_DIM[name])
     with torch.no_grad():
         for key, value in saved.items():
-            getattr(method, key).copy_(value)
+            method.get_buffer(key).copy_(value)
+        if saved:
+            method.queue.state_loaded()
 
     optimizer = torch.optim.SGD(param_groups(method, weight_decay=0.0, exclude_bias_and_norm=True,
                                              fixed_lr_prefixes=method.fixed_lr_prefixes), lr=LR)
@@ -85,7 +97,7 @@ def test_one_sgd_step_lowers_the_loss_on_the_same_batch(name):
     method.before_optimizer_step(step)
     optimizer.step()
     with torch.no_grad():
-        after = method(views, step).loss
+        after = method(_batch(views), step).loss
     assert after.item() < out.loss.item() - 1e-4
 
 
@@ -96,7 +108,7 @@ def test_simclr_loss_is_nt_xent_of_the_projections():
     method = _build(SimCLR, projector=(64, 32), temperature=0.5).train()
     views = _views()
     with torch.no_grad():
-        out = method(views, Step())
+        out = method(_batch(views), Step())
         # Train mode: BN uses the batch's statistics, so a second pass gives the same projections.
         z = method.projector(method.backbone(torch.cat(views)))   # both views in one BN batch
     z1, z2 = z.chunk(2)
@@ -128,7 +140,11 @@ def _perturb_online(method):
 
 
 def _key_encoder_copy(method):
-    return copy.deepcopy(method.momentum_backbone), copy.deepcopy(method.momentum_head)
+    return copy.deepcopy(method.key_encoder["backbone"]), copy.deepcopy(method.key_encoder["head"])
+
+
+def _key_parameters(method):
+    return [*method.key_encoder["backbone"].parameters(), *method.key_encoder["head"].parameters()]
 
 
 def _keys(backbone, head, x):
@@ -142,16 +158,15 @@ def test_moco_ema_updates_parameters_not_bn_buffers():
     _perturb_online(method)
     m = 0.9
     online = [p.detach().clone() for p in [*method.backbone.parameters(), *method.head.parameters()]]
-    old = [p.detach().clone() for p in
-           [*method.momentum_backbone.parameters(), *method.momentum_head.parameters()]]
+    old = [p.detach().clone() for p in _key_parameters(method)]
     online_buffers = {k: v.clone() for k, v in method.backbone.named_buffers()}
-    old_buffers = {k: v.clone() for k, v in method.momentum_backbone.named_buffers()}
+    old_buffers = {k: v.clone() for k, v in method.key_encoder["backbone"].named_buffers()}
     replay_backbone, replay_head = _key_encoder_copy(method)
     views = _views()
     with torch.no_grad():
-        method(views, Step(ema_momentum=m))
+        method(_batch(views), _momentum(m))
 
-    new = [*method.momentum_backbone.parameters(), *method.momentum_head.parameters()]
+    new = _key_parameters(method)
     for after, before, q in zip(new, old, online):
         torch.testing.assert_close(after, m * before + (1 - m) * q)
 
@@ -160,45 +175,45 @@ def test_moco_ema_updates_parameters_not_bn_buffers():
         for p, q in zip([*replay_backbone.parameters(), *replay_head.parameters()], new):
             p.copy_(q)
         keys = _keys(replay_backbone, replay_head, views[1])
-    for name, buffer in method.momentum_backbone.named_buffers():
+    for name, buffer in method.key_encoder["backbone"].named_buffers():
         torch.testing.assert_close(buffer, dict(replay_backbone.named_buffers())[name])
     # ... and not the EMA of the online encoder's.
     name = "bn1.running_mean"
     ema = m * old_buffers[name] + (1 - m) * online_buffers[name]
-    assert not torch.allclose(dict(method.momentum_backbone.named_buffers())[name], ema, atol=1e-4)
+    assert not torch.allclose(dict(method.key_encoder["backbone"].named_buffers())[name], ema, atol=1e-4)
     # The N new keys are at the queue's start.
-    torch.testing.assert_close(method.queue[:N], keys)
+    torch.testing.assert_close(method.queue.rows[:N], keys)
 
 
 def test_moco_queue_receives_the_keys_at_its_position_and_wraps():
     method = _moco(queue_size=2 * N)
-    assert int(method.queue_position) == 0
+    assert int(method.queue.position) == 0
     for i, start in enumerate([0, N, 0, N]):
-        before = method.queue.clone()
+        before = method.queue.rows.clone()
         with torch.no_grad():
-            out = method(_views(seed=10 + i), Step(index=i, ema_momentum=0.99))
+            out = method(_batch(_views(seed=10 + i)), _momentum(0.99, index=i))
         assert out.metrics["enqueued"].item() == N
-        assert int(method.queue_position) == (start + N) % (2 * N)
-        changed = (method.queue != before).any(dim=1)
+        assert int(method.queue.position) == (start + N) % (2 * N)
+        changed = (method.queue.rows != before).any(dim=1)
         assert changed[start:start + N].all() and not changed[:start].any() and not changed[start + N:].any()
-        torch.testing.assert_close(method.queue.norm(dim=1), torch.ones(2 * N))
+        torch.testing.assert_close(method.queue.rows.norm(dim=1), torch.ones(2 * N))
 
 
 def test_moco_split_mode_keys_are_shuffled_within_the_batch():
     """With one process, the official CIFAR demo shuffles the keys within the batch (on top of
     SplitBatchNorm), so a key's BN sub-batch holds other images than its query's."""
     method = _moco()
-    step = Step(index=7, ema_momentum=1.0, seed=3)
+    step = _momentum(1.0, index=7, seed=3)
     replay_backbone, replay_head = _key_encoder_copy(method)
     views = _views()
     with torch.no_grad():
-        method(views, step)
+        method(_batch(views), step)
         # The permutation drawn from (seed, index), as in MoCo._shuffle.
         order = torch.randperm(N, generator=torch.Generator().manual_seed(step.seed * 1_000_003 + step.index))
         unshuffled = _keys(copy.deepcopy(replay_backbone), copy.deepcopy(replay_head), views[1])
         shuffled = _keys(replay_backbone, replay_head, views[1][order])[torch.argsort(order)]
-    torch.testing.assert_close(method.queue[:N], shuffled)
-    assert not torch.allclose(method.queue[:N], unshuffled, atol=1e-4)
+    torch.testing.assert_close(method.queue.rows[:N], shuffled)
+    assert not torch.allclose(method.queue.rows[:N], unshuffled, atol=1e-4)
 
 
 def test_moco_config_errors():
@@ -213,20 +228,20 @@ def test_moco_config_errors():
 def test_moco_auto_key_bn_in_one_process_is_split_bn_in_both_encoders():
     method = _moco(key_bn="auto")
     assert method.key_bn == "split"
-    for encoder in (method.backbone, method.momentum_backbone):
+    for encoder in (method.backbone, method.key_encoder["backbone"]):
         norms = [m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)]
         assert len(norms) == 20 and all(isinstance(m, SplitBatchNorm2d) and m.splits == 2 for m in norms)
 
 
 def test_moco_loss_does_not_reach_the_momentum_encoder_nor_the_queue():
     method = _moco()
-    out = method(_views(), Step(ema_momentum=0.99))
-    queue, position = method.queue.clone(), method.queue_position.clone()
+    out = method(_batch(_views()), _momentum(0.99))
+    queue, position = method.queue.rows.clone(), method.queue.position.clone()
     out.loss.backward()
-    momentum = [*method.momentum_backbone.parameters(), *method.momentum_head.parameters()]
+    momentum = _key_parameters(method)
     assert all(not p.requires_grad and p.grad is None for p in momentum)
     assert all(p.grad is not None for p in [*method.backbone.parameters(), *method.head.parameters()])
-    assert torch.equal(method.queue, queue) and torch.equal(method.queue_position, position)
+    assert torch.equal(method.queue.rows, queue) and torch.equal(method.queue.position, position)
 
 
 # ---------------------------------------------------------------- SplitBatchNorm2d
@@ -313,7 +328,7 @@ def test_swav_prototypes_are_unit_norm_after_a_forward():
     method = _swav()
     with torch.no_grad():
         method.prototypes.weight.mul_(3.0)
-        method(_views(sizes=[8, 8, 4]), Step())
+        method(_batch(_views(sizes=[8, 8, 4])), Step())
     torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(20))
 
 
@@ -327,15 +342,9 @@ def test_swav_freezes_the_prototypes_for_the_first_steps():
         assert method.projector[0].weight.grad is not None   # only the prototypes lose theirs
 
 
-def test_swav_needs_more_views_than_global_crops():
-    method = _swav(global_crops=2)
-    with pytest.raises(ValueError, match="global_crops"):
-        method(_views(count=1), Step())
-
-
 def test_swav_runs_with_just_the_two_global_crops():  # 2 x 224, the SimSiam paper's Table 4 baseline
     with torch.no_grad():
-        out = _swav()(_views(count=2), Step())
+        out = _swav()(_batch(_views(count=2)), Step())
     assert torch.isfinite(out.loss)
 
 
@@ -343,54 +352,64 @@ def test_swav_multicrop_and_encode_by_size():
     method = _swav()
     views = _views(sizes=[32, 32, 16, 16, 16, 16], n=4)   # 4 images: 32 px is the costly size
     with torch.no_grad():
-        out = method(views, Step())
+        out = method(_batch(views), Step())
     _check_output(out, 32)
 
     method.eval()   # per-sample features: batching cannot change them
     calls = []
     hook = method.backbone.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     with torch.no_grad():
-        grouped = encode_by_size(method.backbone, views)
+        grouped = torch.cat(encode_groups(method.backbone, _batch(views)))
         hook.remove()
         separate = torch.cat([method.backbone(v) for v in views])
-    assert calls == [2 * 4, 4 * 4]   # one call per run of equal sizes
+    assert calls == [2 * 4, 4 * 4]   # one call per size group
     assert grouped.shape == (6 * 4, 512)
     torch.testing.assert_close(grouped, separate, rtol=1e-4, atol=1e-5)
 
 
 def _swav_embeddings(method, views):
     """(z, scores) of a train-mode forward, replayed by hand (BN uses batch statistics)."""
-    z = F.normalize(method.projector(encode_by_size(method.backbone, views)), dim=1)
+    z = F.normalize(method.projector(torch.cat(encode_groups(method.backbone, _batch(views)))), dim=1)
     return z, method.prototypes(z)
+
+
+def _queue(method, crop):
+    """The rows of a crop's queue, newest push first (its storage is circular)."""
+    queue = method.queues[crop]
+    return queue.rows.roll(-queue._position, 0).flip(0).view(-1, N, queue.rows.shape[1]).flip(1).reshape(
+        queue.rows.shape)
 
 
 def test_swav_queue_fills_newest_first_then_feeds_the_codes():
     method = _swav(queue_length=2 * N, queue_start_epoch=1)
     batches = [_views(sizes=[8, 8, 4], seed=20 + i) for i in range(3)]
     with torch.no_grad():
-        method(batches[0], Step(epoch=0))      # before queue_start_epoch: the queue stays empty
-        assert not method.queue.any() and not method.queue_used
+        method(_batch(batches[0]), Step(epoch=0))      # before queue_start_epoch: the queue stays empty
+        assert not any(q.rows.any() or q.full for q in method.queues)
         embeddings = []
         for views in batches[:2]:
-            method(views, Step(epoch=1))
+            method(_batch(views), Step(epoch=1))
             embeddings.append(_swav_embeddings(method, views)[0])
-            for crop in range(2):   # the first rows hold the newest embeddings of that crop
-                torch.testing.assert_close(method.queue[crop, :N], embeddings[-1][crop * N:(crop + 1) * N])
-        assert not method.queue_used   # checked before the second batch filled the last rows
+            for crop in range(2):   # the newest rows hold the newest embeddings of that crop
+                torch.testing.assert_close(_queue(method, crop)[:N], embeddings[-1][crop * N:(crop + 1) * N])
+        assert all(q.full for q in method.queues)   # but it was not before the second batch filled it
         for crop in range(2):
-            torch.testing.assert_close(method.queue[crop, N:], embeddings[0][crop * N:(crop + 1) * N])
+            torch.testing.assert_close(_queue(method, crop)[N:], embeddings[0][crop * N:(crop + 1) * N])
 
-        queue = method.queue.clone()
+        queue = [q.rows.clone() for q in method.queues]
         without_queue = copy.deepcopy(method)
-        without_queue.queue.zero_()    # an empty queue is not used: codes from the batch alone
+        for q in without_queue.queues:    # an empty queue is not used: codes from the batch alone
+            q.rows.zero_()
+            q.filled.zero_()
+            q.position.zero_()
+            q.state_loaded()
         step = Step(epoch=1)
-        out = method(batches[2], step)
-        assert method.queue_used
+        out = method(_batch(batches[2]), step)
         z, scores = _swav_embeddings(method, batches[2])
         codes = [sinkhorn(torch.cat([queue[c] @ method.prototypes.weight.t(), scores[c * N:(c + 1) * N]]),
                           0.05, 3)[-N:] for c in range(2)]
         torch.testing.assert_close(out.loss, swapped_prediction(scores.split(N), codes, 0.1))
-        plain = without_queue(batches[2], step).loss
+        plain = without_queue(_batch(batches[2]), step).loss
     assert abs(out.loss.item() - plain.item()) > 1e-4
 
 
@@ -403,15 +422,17 @@ def test_swav_rank_state_round_trip():
     method = _swav(queue_length=2 * N, queue_start_epoch=0)
     with torch.no_grad():
         for i in range(2):
-            method(_views(sizes=[8, 8, 4], seed=30 + i), Step())
+            method(_batch(_views(sizes=[8, 8, 4], seed=30 + i)), Step())
     buffer = io.BytesIO()
     torch.save(method.rank_state_dict(), buffer)
     buffer.seek(0)
     other = _swav(queue_length=2 * N, queue_start_epoch=0)
-    other.load_rank_state_dict(torch.load(buffer))
-    assert torch.equal(other.queue, method.queue) and method.queue.any()
-    assert other.queue_used == method.queue_used
-    assert other.rank_state_dict().keys() == {"queue", "queue_used"}
+    other.load_rank_state_dict(torch.load(buffer, weights_only=True))
+    for mine, theirs in zip(method.queues, other.queues):
+        assert torch.equal(theirs.rows, mine.rows) and mine.rows.any()
+        assert theirs.full == mine.full and theirs._position == mine._position
+    assert other.rank_state_dict().keys() == {"queues.0", "queues.1"}
+    assert not any(key.startswith("queues.") for key in method.state_dict())  # per rank, not in the model's
 
 
 # ---------------------------------------------------------------- SimSiam
@@ -425,7 +446,7 @@ def test_simsiam_loss_is_the_symmetric_negative_cosine():
     method = _simsiam()
     views = _views()
     with torch.no_grad():
-        out = method(views, Step())
+        out = method(_batch(views), Step())
         z1, z2 = (method.projector(method.backbone(v)) for v in views)   # one BN batch per view
         p1, p2 = method.predictor(z1), method.predictor(z2)
     expected = -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
@@ -462,7 +483,7 @@ def test_simsiam_target_branch_gets_no_gradient():
             return -0.5 * (F.cosine_similarity(p1, t2).mean() + F.cosine_similarity(p2, t1).mean())
         return loss
 
-    actual = _simsiam_gradient(method, views, lambda v: method(v, Step()).loss)
+    actual = _simsiam_gradient(method, views, lambda v: method(_batch(v), Step()).loss)
     stopped = _simsiam_gradient(method, views, by_hand(detach=True))
     through = _simsiam_gradient(method, views, by_hand(detach=False))
     for a, s, t in zip(actual, stopped, through):

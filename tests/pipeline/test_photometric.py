@@ -9,16 +9,17 @@ import pytest
 import torch
 from scipy.ndimage import correlate1d
 
-from sslpipe.pipeline.photometric import PhotometricParams, PhotometricStage
+from sslpipe.pipeline.ops.color_jitter import ColorJitterOp
+from sslpipe.pipeline.photometric import Draws, PhotometricStage
 from sslpipe.pipeline.spec import Blur, ColorJitter, Normalize, Solarize, ViewSpec, load_spec
 
-GRAY = np.array([0.299, 0.587, 0.114])
+GRAY = np.array([0.2989, 0.587, 0.114])  # torchvision's luma weights
 FULL = dict(color_jitter=ColorJitter(p=1.0, brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2),
             grayscale=1.0, blur=Blur(p=1.0, kernel_size=5), solarize=Solarize(p=1.0))
 
 
 def view(size=16, normalize=None, **kwargs):
-    return ViewSpec(name="v", size=size, normalize=normalize, **kwargs)
+    return ViewSpec.create(name="v", size=size, normalize=normalize, **kwargs)
 
 
 def images(n, size=16, seed=0):
@@ -27,14 +28,37 @@ def images(n, size=16, seed=0):
     return torch.from_numpy(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
 
 
+# The flat names of these tests -> (op, parameter) of the op table.
+FIELDS = dict(jitter=("color_jitter", "on"), brightness=("color_jitter", "brightness"),
+              contrast=("color_jitter", "contrast"), saturation=("color_jitter", "saturation"),
+              hue=("color_jitter", "hue"), order=("color_jitter", "order"), gray=("grayscale", "on"),
+              blur=("blur", "on"), sigma=("blur", "sigma"), solarize=("solarize", "on"),
+              threshold=("solarize", "threshold"))
+
+
 def params(n, **fields):
     """Identity parameters for n samples, with `fields` overriding (lists or tensors)."""
     base = dict(jitter=[True] * n, brightness=[1.0] * n, contrast=[1.0] * n, saturation=[1.0] * n,
                 hue=[0.0] * n, order=[[0, 1, 2, 3]] * n, gray=[False] * n, blur=[False] * n,
                 sigma=[1.0] * n, solarize=[False] * n, threshold=[1.0] * n)
     base.update(fields)
-    return PhotometricParams(**{k: torch.as_tensor(v) if k in ("jitter", "gray", "blur", "solarize", "order")
-                                else torch.as_tensor(v, dtype=torch.float32) for k, v in base.items()})
+    ops = {}
+    for name, value in base.items():
+        op, key = FIELDS[name]
+        integer = name in ("jitter", "gray", "blur", "solarize", "order")
+        ops.setdefault(op, {})[key] = torch.as_tensor(value) if integer else torch.as_tensor(value, dtype=torch.float32)
+    return Draws(ops)
+
+
+def drawn(draws, name):
+    """A drawn parameter by the flat names above."""
+    op, key = FIELDS[name]
+    return draws.ops[op][key]
+
+
+def flat(draws):
+    """The drawn parameters as attributes named as above (those of the stage's ops)."""
+    return type("Flat", (), {name: drawn(draws, name) for name, (op, _) in FIELDS.items() if op in draws.ops})
 
 
 def as_float(imgs):
@@ -104,8 +128,8 @@ def test_ops_no_view_uses_are_skipped():
     # Brightness alone: a hue round trip with a zero shift would not leave the values bit-exact.
     stage = PhotometricStage([view(color_jitter=ColorJitter(1.0, 0.5, 0.0, 0.0, 0.0))], 2, "cpu")
     imgs = images(2, 8)
-    p = stage.sample(torch.Generator().manual_seed(0))
-    expected = (imgs.float() / 255 * p.brightness.view(-1, 1, 1, 1)).clamp(0, 1)
+    p = stage.sample(0)
+    expected = (imgs.float() / 255 * drawn(p, "brightness").view(-1, 1, 1, 1)).clamp(0, 1)
     assert torch.equal(stage.apply(imgs, p), expected)
 
 
@@ -154,18 +178,18 @@ def test_normalize_per_view_and_switched_off():
     views = [view(normalize=norm), view(normalize=None)]
     imgs = images(4, 8)
     x = imgs.float() / 255
-    out = PhotometricStage(views, 2, "cpu")(imgs, torch.Generator().manual_seed(0))
+    out = PhotometricStage(views, 2, "cpu")(imgs, 0)
     mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
     torch.testing.assert_close(out[:2], (x[:2] - mean) / std)
     assert torch.equal(out[2:], x[2:])
-    off = PhotometricStage(views, 2, "cpu", normalize=False)(imgs, torch.Generator().manual_seed(0))
+    off = PhotometricStage(views, 2, "cpu", normalize=False)(imgs, 0)
     assert torch.equal(off, x)
 
 
 def test_eval_view_is_only_normalized():
     (center,) = load_spec("eval").views
     imgs = images(3, 32)
-    out = PhotometricStage([center], 3, "cpu")(imgs, torch.Generator().manual_seed(0))
+    out = PhotometricStage([center], 3, "cpu")(imgs, 0)
     mean = torch.tensor(center.normalize.mean).view(3, 1, 1)
     std = torch.tensor(center.normalize.std).view(3, 1, 1)
     assert torch.equal(out, (imgs.float() / 255 - mean) / std)
@@ -181,8 +205,9 @@ def test_sampled_parameters_follow_the_spec():
     v = view(size=96, color_jitter=cj, grayscale=0.2, blur=Blur(p=0.5, sigma=(0.1, 2.0)),
              solarize=Solarize(p=0.2, threshold=0.3))
     stage = PhotometricStage([v, v], 300, "cpu")
-    p = stage.sample(torch.Generator().manual_seed(1))
-    assert all(getattr(p, f).shape[0] == 600 for f in PhotometricParams.__dataclass_fields__)
+    draws = stage.sample(1)
+    p = flat(draws)
+    assert all(drawn(draws, f).shape[0] == 600 for f in FIELDS)
     assert fraction_ok(p.jitter, 0.8) and fraction_ok(p.gray, 0.2)
     assert fraction_ok(p.blur, 0.5) and fraction_ok(p.solarize, 0.2)
     assert not fraction_ok(p.jitter, 0.7)  # the tolerance is tight enough to notice a wrong p
@@ -204,12 +229,13 @@ def test_sampled_parameters_follow_the_spec():
 def test_byol_asymmetric_views_draw_per_view():
     views = load_spec("byol").views
     stage = PhotometricStage(views, 500, "cpu")
-    p = stage.sample(torch.Generator().manual_seed(2))
+    draws = stage.sample(2)
+    p = flat(draws)
     assert torch.all(p.blur[:500]) and fraction_ok(p.blur[500:], 0.1)
     assert not torch.any(p.solarize[:500]) and fraction_ok(p.solarize[500:], 0.2)
     assert fraction_ok(p.jitter[:500], 0.8) and fraction_ok(p.jitter[500:], 0.8)
     assert p.saturation.min() >= 0.8 and p.saturation.max() <= 1.2
-    out = stage(images(1000, 24), torch.Generator().manual_seed(2))  # 24 px fits the 23-px kernel
+    out = stage(images(1000, 24), 2)  # 24 px fits the 23-px kernel
     assert out.shape == (1000, 3, 24, 24) and torch.isfinite(out).all()
 
 
@@ -219,22 +245,22 @@ def test_output_dtype_layout_and_range(dtype, channels_last):
     stage = PhotometricStage([view(**FULL), view(**FULL)], 3, "cpu", normalize=False, dtype=dtype,
                              channels_last=channels_last)
     imgs = images(6)
-    out = stage(imgs, torch.Generator().manual_seed(0))
+    out = stage(imgs, 0)
     assert out.shape == (6, 3, 16, 16) and out.dtype == dtype
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
     assert out.min() >= 0 and out.max() <= 1
     # The input's strides do not matter.
-    same = stage(imgs.contiguous(), torch.Generator().manual_seed(0))
+    same = stage(imgs.contiguous(), 0)
     assert torch.equal(out, same)
 
 
 def test_seeded_draws_reproduce_and_differ_across_seeds():
     stage = PhotometricStage([view(**FULL)] * 2, 4, "cpu")
     imgs = images(8)
-    a = stage(imgs, torch.Generator().manual_seed(5))
-    b = stage(imgs, torch.Generator().manual_seed(5))
-    c = stage(imgs, torch.Generator().manual_seed(6))
+    a = stage(imgs, 5)
+    b = stage(imgs, 5)
+    c = stage(imgs, 6)
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
@@ -244,7 +270,7 @@ def test_black_and_white_images_stay_finite(value, dtype):
     stage = PhotometricStage([view(**FULL), view(color_jitter=ColorJitter(p=1.0, hue=0.5))], 4, "cpu",
                              dtype=dtype)
     imgs = torch.full((8, 3, 16, 16), value, dtype=torch.uint8)
-    out = stage(imgs, torch.Generator().manual_seed(0))
+    out = stage(imgs, 0)
     assert out.dtype == dtype and torch.isfinite(out).all()
 
 
@@ -255,9 +281,9 @@ def test_invalid_groups_are_rejected():
         PhotometricStage([view(size=16), view(size=32)], 2, "cpu")
     stage = PhotometricStage([view()], 2, "cpu")
     with pytest.raises(ValueError, match="uint8"):
-        stage(images(3), torch.Generator())
+        stage(images(3), 0)
     with pytest.raises(ValueError, match="uint8"):
-        stage(images(2).float(), torch.Generator())
+        stage(images(2).float(), 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -265,12 +291,11 @@ def test_no_host_sync_on_cuda():
     views = load_spec("byol").views + load_spec("simclr").views
     stage = PhotometricStage(views, 8, "cuda", dtype=torch.bfloat16, channels_last=True)
     imgs = images(32, 224).cuda()
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    stage(imgs, generator)  # warm up: lazy CUDA initialisation may sync once
+    stage(imgs, 0)  # warm up: lazy CUDA initialisation may sync once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = stage(imgs, generator)
+        out = stage(imgs, 1)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert out.device.type == "cuda" and torch.isfinite(out.float()).all()
@@ -281,21 +306,22 @@ def test_cpu_gather_path_equals_the_gpu_select_path():
     spec = load_spec("byol")
     stage = PhotometricStage(spec.views, 24, "cpu", normalize=True)
     imgs = images(48, size=32, seed=3)
-    p = stage.sample(torch.Generator().manual_seed(5))
-    assert 0 < int(p.blur.sum()) < 48 and 0 < int(p.solarize.sum()) < 48  # both kinds of samples
+    p = stage.sample(5)
+    assert 0 < int(drawn(p, "blur").sum()) < 48 and 0 < int(drawn(p, "solarize").sum()) < 48  # both kinds
     gathered = stage.apply(imgs, p)
-    stage.blocks = False
-    selected = stage.apply(imgs, p)
+    selected = PhotometricStage(spec.views, 24, "cpu", normalize=True, strategy="select").apply(imgs, p)
     assert torch.allclose(gathered, selected, atol=1e-6)
 
 
 def test_cpu_blocks_cover_the_batch_once_with_one_jitter_order_each():
     stage = PhotometricStage(load_spec("simclr").views, 40, "cpu")
     assert stage.cpu_block == 8 and PhotometricStage([view(size=96)], 1, "cpu").cpu_block == 43
-    p = stage.sample(torch.Generator().manual_seed(3))
+    draws = stage.sample(3)
+    p = flat(draws)
     seen = []
-    for order, index in stage._cpu_blocks(p):
+    for keys, index in stage._cpu_blocks(draws.ops):
         assert 0 < len(index) <= stage.cpu_block
+        order = ColorJitterOp.order_of(keys["color_jitter"])
         if order:
             assert p.jitter[index].all() and (p.order[index] == torch.tensor(order)).all()
         else:
@@ -309,16 +335,16 @@ def test_cpu_stage_runs_on_one_thread_and_restores_the_count(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        stage(images(2), torch.Generator().manual_seed(0))
+        stage(images(2), 0)
         assert torch.get_num_threads() == 2
 
         def fail(*args):
             assert torch.get_num_threads() == 1
             raise RuntimeError("failed inside")
 
-        monkeypatch.setattr(stage, "_augment", fail)
+        monkeypatch.setattr(stage, "_gathered", fail)
         with pytest.raises(RuntimeError, match="failed inside"):
-            stage(images(2), torch.Generator().manual_seed(0))
+            stage(images(2), 0)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

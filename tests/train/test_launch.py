@@ -57,7 +57,7 @@ def test_ranks_read_disjoint_shards_and_keep_identical_weights(photo_shards, tmp
     if method == "mocov2":
         # Each step enqueues the keys of both processes: 2 steps x 16 at the same place everywhere.
         for r in ranks:
-            assert int(r["buffers"]["queue_position"]) == 2 * 16
-        assert torch.equal(ranks[0]["buffers"]["queue"], ranks[1]["buffers"]["queue"])
+            assert int(r["buffers"]["queue.position"]) == 2 * 16
+        assert torch.equal(ranks[0]["buffers"]["queue.rows"], ranks[1]["buffers"]["queue.rows"])
         rows = [json.loads(x) for x in (tmp_path / "mocov2_small" / "metrics.jsonl").read_text().splitlines()]
         assert all(r["enqueued"] == 16 for r in rows)

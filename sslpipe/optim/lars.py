@@ -34,7 +34,7 @@ class LARS(torch.optim.Optimizer):
     a constant learning rate the two are the same algorithm (SimCLR's buffer is exactly `lr` times
     this one); they differ only in how a learning-rate change reaches the momentum already
     accumulated: here it applies at once to the whole buffer, which is what a per-step schedule
-    written into `group["lr"]` (see `sslpipe.train.param_groups.apply_schedule`) expects, and it
+    written into `group["lr"]` (see `sslpipe.optim.param_groups.apply_schedule`) expects, and it
     keeps `momentum_buffer` meaning what it means in `torch.optim.SGD`.
 
     Why 1.0 when a norm is zero (the rule of both official implementations): a zero weight
@@ -45,7 +45,7 @@ class LARS(torch.optim.Optimizer):
     with `torch.where` on device tensors, so there is no host synchronisation per parameter.
 
     Parameter groups may set `lars_exclude=True` (biases and normalisation weights, see
-    `sslpipe.train.param_groups`): those parameters get neither weight decay nor the trust ratio,
+    `sslpipe.optim.param_groups`): those parameters get neither weight decay nor the trust ratio,
     i.e. exactly `torch.optim.SGD(momentum=m, weight_decay=0)`. Parameters whose `.grad` is None
     are skipped (no state is created for them, as in torch's SGD). The momentum buffers live in
     `self.state`, so `state_dict()` / `load_state_dict()` resume training exactly.

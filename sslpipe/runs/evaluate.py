@@ -1,53 +1,36 @@
-"""The evaluation protocols on a backbone, from shards: weighted kNN, linear probe, semi-supervised
-fine-tuning; and `sslpipe eval`, which runs them on a run's backbone and on a random one."""
+"""`sslpipe eval`: the evaluation protocols on a run's backbone and, for comparison, on a random
+one; the table of their results."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from sslpipe.errors import SslpipeError
-from sslpipe.eval.export import backbone_state
-from sslpipe.eval.features import Features, extract_features
+from sslpipe.eval.features import extract_features
 from sslpipe.eval.finetune import augmented_linear_probe, finetune_subset
-from sslpipe.eval.knn import default_k, knn_accuracy
+from sslpipe.eval.knn import knn_result
 from sslpipe.eval.linear import linear_probe
 from sslpipe.models import build_backbone
-from sslpipe.train.checkpoint import find_checkpoint, load_checkpoint
-
-
-def knn_evaluation(backbone: nn.Module, train: str, val: str, *, pipeline: str = "eval", k: int | None = None,
-                   temperature: float = 0.07, batch_size: int = 256, device="cpu") -> dict:
-    """Weighted kNN of `val` against `train` (labelled shards): {"top1", "top5", "k"}, in percent."""
-    train_features = extract_features(backbone, train, spec=pipeline, batch_size=batch_size, device=device,
-                                      desc="kNN memory")
-    val_features = extract_features(backbone, val, spec=pipeline, batch_size=batch_size, device=device,
-                                    desc="kNN queries")
-    return knn_result(train_features, val_features, k=k, temperature=temperature)
-
-
-def knn_result(train: Features, val: Features, *, k: int | None = None, temperature: float = 0.07) -> dict:
-    """Weighted kNN of `val`'s features against `train`'s: {"top1", "top5", "k"} in percent."""
-    k = k or default_k(len(train.keys))
-    return {**knn_accuracy(train.features, train.labels, val.features, val.labels, k=k,
-                           temperature=temperature), "k": k}
+from sslpipe.runs.export import backbone_state
+from sslpipe.train.checkpoint import load_checkpoint
+from sslpipe.train.run_folder import RunFolder
 
 
 def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None = None,
-                 pipeline: str | None = None, semisup: tuple[float, ...] = (), random_baseline: bool = True,
+                 pipeline: str | None = None, finetune_pipeline: str | None = None, size: int | None = None,
+                 semisup: tuple[float, ...] = (), random_baseline: bool = True,
                  knn_k: int | None = None, linear_epochs: int = 100, augmented_probe_epochs: int = 0,
-                 finetune_epochs: int = 30,
-                 finetune_pipeline: str | None = None, batch_size: int = 256, seed: int = 0,
+                 finetune_epochs: int = 30, batch_size: int = 256, seed: int = 0,
                  device: str | None = None) -> dict:
     """Evaluate a run's backbone (its last checkpoint, or the checkpoint given) and, for
     comparison, a randomly initialised one: kNN, linear probe on precomputed features, the linear
     probe with augmentation when `augmented_probe_epochs` > 0, and fine-tuning on the `semisup`
-    fractions. Writes `<run>/eval.json` and returns its content."""
+    fractions. The shards, specs and size default to the run's `eval` section (`eval.pipeline`,
+    `eval.finetune_pipeline`, `eval.size`). Writes `<run>/eval.json` and returns its content."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = find_checkpoint(run)
+    path = RunFolder.find_checkpoint(run)
     checkpoint = load_checkpoint(path)
     config = checkpoint["config"]
     online = config.get("eval", {})
@@ -56,7 +39,8 @@ def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None =
     if not val:
         raise SslpipeError(f"{path}: the run names no labelled held-out split (eval.val): pass --val PATTERN")
     pipeline = pipeline or online.get("pipeline") or "eval"
-    finetune_pipeline = finetune_pipeline or ("small_finetune" if pipeline == "small_eval" else "finetune")
+    finetune_pipeline = finetune_pipeline or online.get("finetune_pipeline") or "finetune"
+    size = size or online.get("size")
     model = config["model"]
     pretrained = build_backbone(model["backbone"], small_images=model["small_images"])
     pretrained.load_state_dict(backbone_state(checkpoint, path))
@@ -68,7 +52,7 @@ def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None =
     results = {}
     for name, backbone in backbones.items():
         backbone.to(device)
-        features = {split: extract_features(backbone, shards, spec=pipeline, batch_size=batch_size,
+        features = {split: extract_features(backbone, shards, spec=pipeline, size=size, batch_size=batch_size,
                                             device=device, desc=f"{name}: {split} features")
                     for split, shards in (("train", train), ("val", val))}
         train_features, val_features = features["train"], features["val"]
@@ -81,17 +65,16 @@ def evaluate_run(run: str | Path, *, train: str | None = None, val: str | None =
             result["linear_augmented"] = augmented_linear_probe(
                 backbone, train, val, num_classes=classes, epochs=augmented_probe_epochs, seed=seed,
                 batch_size=min(batch_size, len(train_features.keys)), pipeline=finetune_pipeline,
-                eval_pipeline=pipeline, device=device)
+                eval_pipeline=pipeline, size=size, device=device)
         for fraction in semisup:
             result[f"finetune_{fraction:g}"] = finetune_subset(
                 backbone, train, train_features, val, fraction=fraction, num_classes=classes,
                 epochs=finetune_epochs, seed=seed, pipeline=finetune_pipeline, eval_pipeline=pipeline,
-                device=device)
+                size=size, device=device)
         results[name] = result
     report = {"checkpoint": str(path), "step": checkpoint["step"], "train": train, "val": val,
-              "pipeline": pipeline, "results": results}
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    (run_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+              "pipeline": pipeline, "finetune_pipeline": finetune_pipeline, "size": size, "results": results}
+    RunFolder.of_checkpoint(path).write_eval(report)
     return report
 
 

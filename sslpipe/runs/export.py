@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from sslpipe.errors import SslpipeError
 from sslpipe.models import build_backbone
-from sslpipe.train.checkpoint import find_checkpoint, load_checkpoint
+from sslpipe.train.checkpoint import load_checkpoint
+from sslpipe.train.run_folder import RunFolder, save_backbone
 
 PREFIX = "backbone."
 
@@ -29,18 +28,17 @@ def backbone_state(checkpoint: dict, source: Path) -> dict:
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def export_run(run: str | Path, out: str | Path | None = None) -> Path:
+def export_run(target: str | Path, out: str | Path | None = None) -> Path:
     """Write `backbone.safetensors` and the run's `config.yaml` into `out` (default
     `<run>/export/`) from the run's last checkpoint (or the checkpoint file given)."""
-    path = find_checkpoint(run)
+    path = RunFolder.find_checkpoint(target)
     checkpoint = load_checkpoint(path)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    out = Path(out) if out is not None else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder.of_checkpoint(path)
+    out = Path(out) if out is not None else run.export
     model = checkpoint["config"]["model"]
     metadata = {"format": "pt", "architecture": model["backbone"], "small_images": str(model["small_images"]),
                 "step": str(checkpoint["step"]), "source": str(path)}
-    save_file(backbone_state(checkpoint, path), out / "backbone.safetensors", metadata=metadata)
-    if (run_dir / "config.yaml").is_file():
-        shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
+    save_backbone(backbone_state(checkpoint, path), out / "backbone.safetensors", metadata)
+    if run.config.is_file():
+        shutil.copyfile(run.config, out / "config.yaml")
     return out

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sslpipe.train.schedules import constant, cosine_to_one, scale_lr, warmup_cosine
+from sslpipe.optim.schedules import constant, cosine_to_one, scale_lr, warmup_cosine
 
 
 def test_warmup_cosine_length_dtype_and_endpoints():

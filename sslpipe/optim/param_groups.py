@@ -1,7 +1,7 @@
 """Optimizer parameter groups: weight-decay / LARS exclusion and fixed learning rates.
 
 `param_groups(model, ...)` splits the trainable parameters into at most four groups (excluded
-or not, fixed learning rate or not) that `torch.optim.SGD` and `sslpipe.train.lars.LARS`
+or not, fixed learning rate or not) that `torch.optim.SGD` and `sslpipe.optim.lars.LARS`
 accept as they are; `apply_schedule(optimizer, lr, wd)` writes one step's schedule values into
 them.
 """

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sslpipe.train.lars import LARS
+from sslpipe.optim.lars import LARS
 
 
 def _param(values):

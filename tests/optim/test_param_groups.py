@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sslpipe.train.lars import LARS
-from sslpipe.train.param_groups import apply_schedule, param_groups
+from sslpipe.optim.lars import LARS
+from sslpipe.optim.param_groups import apply_schedule, param_groups
 
 KEYS = {"params", "names", "weight_decay", "lars_exclude", "fixed_lr"}
 

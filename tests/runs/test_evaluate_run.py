@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sslpipe.cli import main
 from sslpipe.errors import SslpipeError
-from sslpipe.eval.evaluate import evaluate_run, results_table
+from sslpipe.runs.evaluate import evaluate_run, results_table
 from sslpipe.models import resnet18
 from sslpipe.train.checkpoint import load_checkpoint
 from sslpipe.train.config import load_config
@@ -25,7 +25,7 @@ def run_dir(photo_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     config = load_config(RECIPES / "simclr_small.yaml", [
         f"data.train={photo_shards}", "data.batch_size=8", f"train.out={out}", "train.epochs=2",
-        "method.projector=[64, 32]", f"eval.val={photo_shards}", "eval.pipeline=small_eval",
+        "method.projector=[64, 32]", f"eval.val={photo_shards}", "eval.size=64",
         "eval.every_epochs=1", "eval.batch_size=16"])
     return train(config)
 

@@ -3,10 +3,10 @@ against a random one, as one PNG. Needs matplotlib (the `demo` extra)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sslpipe.errors import SslpipeError
+from sslpipe.train.run_folder import RunFolder
 
 
 def plot_run(run_dir: Path, results: dict, out: Path) -> Path:
@@ -18,7 +18,7 @@ def plot_run(run_dir: Path, results: dict, out: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise SslpipeError(f"plotting needs matplotlib: pip install 'sslpipe[demo]' ({e})") from None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = RunFolder(run_dir).read_metrics()
     steps = [r for r in rows if "loss" in r]
     knn = [r for r in rows if "knn_top1" in r]
 

@@ -1,0 +1,28 @@
+"""Optimizer tools used by the methods, the training loop and the evaluation protocols: LARS,
+parameter groups (weight-decay / LARS exclusion, fixed learning rates) and per-step schedules.
+
+`OPTIMIZERS` is the registry behind a recipe's `optim.name`: name -> builder
+`(param_groups, lr, momentum, weight_decay, eta) -> torch.optim.Optimizer`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sslpipe.optim.lars import LARS
+from sslpipe.optim.param_groups import apply_schedule, param_groups
+from sslpipe.optim.schedules import SCALE_RULES, constant, cosine_to_one, scale_lr, warmup_cosine
+
+
+def _lars(groups, *, lr: float, momentum: float, weight_decay: float, eta: float) -> torch.optim.Optimizer:
+    return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
+
+
+def _sgd(groups, *, lr: float, momentum: float, weight_decay: float, eta: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"lars": _lars, "sgd": _sgd}
+
+__all__ = ["LARS", "OPTIMIZERS", "SCALE_RULES", "apply_schedule", "constant", "cosine_to_one",
+           "param_groups", "scale_lr", "warmup_cosine"]

@@ -1,0 +1,23 @@
+"""Grayscale: luma in all three channels, with probability `p` (torchvision's RandomGrayscale)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sslpipe.pipeline import color
+from sslpipe.pipeline.ops.base import PhotometricOp, probability
+
+
+@dataclass(frozen=True)
+class Grayscale:
+    p: float = 0.2
+
+    def __post_init__(self):
+        probability("p", self.p)
+
+
+class GrayscaleOp(PhotometricOp):
+    key, Settings = "grayscale", Grayscale
+
+    def apply(self, x, params, key=None):
+        return color.to_grayscale(x)

@@ -1,0 +1,103 @@
+"""A run's folder, `<train.out>/<train.run>/`, and everything written into it.
+
+    config.yaml            the resolved config (git SHA, processes, device, peak lr, fingerprints)
+    metrics.jsonl          one JSON row per log step (and the online kNN), also to TensorBoard
+    tensorboard/           when TensorBoard is installed
+    checkpoints/           step-*.pt and last.pt (`sslpipe.train.checkpoint`)
+    backbone.safetensors   at the end of training (torchvision's ResNet keys)
+    eval.json              `sslpipe eval`
+    export/                `sslpipe export`
+
+The training loop, evaluation and export all find these paths here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from sslpipe.errors import SslpipeError
+from sslpipe.train.checkpoint import LAST
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunFolder:
+        """The run a checkpoint belongs to (its folder's parent, for `<run>/checkpoints/*.pt`)."""
+        checkpoint = Path(checkpoint)
+        return cls(checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent)
+
+    @staticmethod
+    def find_checkpoint(where: str | Path) -> Path:
+        """A checkpoint file, or the `last.pt` of a run folder or of its `checkpoints/` folder."""
+        where = Path(where)
+        for candidate in (where, where / LAST, where / "checkpoints" / LAST):
+            if candidate.is_file():
+                return candidate
+        raise SslpipeError(f"{where}: no checkpoint there (expected a .pt file, or a run folder with "
+                           f"checkpoints/{LAST})")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def backbone(self) -> Path:
+        return self.path / "backbone.safetensors"
+
+    @property
+    def eval_report(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
+
+    def write_config(self, resolved: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+
+    def write_eval(self, report: dict) -> None:
+        self.eval_report.write_text(json.dumps(report, indent=2) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        return [json.loads(line) for line in self.metrics.read_text().splitlines()] if self.metrics.is_file() else []
+
+
+class MetricsWriter:
+    """Appends rows to `metrics.jsonl` and, when the accelerator logs to TensorBoard, to it too; on
+    the main process only (the rows are already reduced over processes)."""
+
+    def __init__(self, run: RunFolder, accelerator=None):
+        self.run, self.accelerator = run, accelerator
+
+    def write(self, row: dict) -> None:
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return
+        with open(self.run.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.accelerator is not None and self.accelerator.log_with:
+            self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+
+def save_backbone(backbone_state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Write a backbone's weights (torchvision's keys) as safetensors."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in backbone_state.items()}, path, metadata=metadata)
+    return path
