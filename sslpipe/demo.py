@@ -29,7 +29,7 @@ class DemoSettings:
     train_per_class: int = 200      # digits dataset: images per digit in train, and in val
     val_per_class: int = 50
     size: int = 32                  # pixels: the recipe's views
-    epochs: int = 20                # of SimCLR pretraining
+    epochs: int | None = None       # of SimCLR pretraining (None: the recipe's)
     overrides: tuple[str, ...] = ()  # of the recipe
     linear_epochs: int = 100
 
@@ -71,7 +71,7 @@ def run_demo(out: Path, workers: int = 2, device: str | None = None, settings: D
     picture = render_preview(spec, str(shards / "train-*.tar"), out / "views.png", images=4, device=device)
     print(f"\n[4/6] the {spec} views of 4 images ({_where(device)}): {picture}", flush=True)
 
-    print(f"\n[5/6] pretraining: SimCLR, ResNet-18, {settings.epochs} epochs ({_where(device)}), "
+    print(f"\n[5/6] pretraining: SimCLR, ResNet-18, {config.train.epochs} epochs ({_where(device)}), "
           f"into {Path(config.train.out) / config.train.run}", flush=True)
     from sslpipe.train.loop import train
 
@@ -128,7 +128,8 @@ def _pretraining_config(shards: Path, out: Path, settings: DemoSettings):
     number = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in runs.glob("simclr-*")
                       if p.name.rsplit("-", 1)[1].isdigit()), default=0)
     return load_config(shipped_recipe(RECIPE), [f"data.train={shards / 'train-*.tar'}", f"train.out={runs}",
-                                f"train.run=simclr-{number:03d}", f"train.epochs={settings.epochs}",
+                                f"train.run=simclr-{number:03d}",
+                                *([f"train.epochs={settings.epochs}"] if settings.epochs else []),
                                 f"eval.val={shards / 'val-*.tar'}", *settings.overrides])
 
 

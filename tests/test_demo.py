@@ -1,9 +1,13 @@
 """The README's main command, in its quick variant (every step, a tiny dataset, two epochs)."""
 
 import json
+from pathlib import Path
 
 from sslpipe.cli import main
 from sslpipe.demo import QUICK, run_demo
+from sslpipe.train.config import DataConfig, load_config
+
+RECIPES = Path(__file__).parents[1] / "recipes"
 
 
 def test_the_demo_runs_end_to_end_and_reruns_into_a_fresh_run(tmp_path, capsys):
@@ -12,6 +16,8 @@ def test_the_demo_runs_end_to_end_and_reruns_into_a_fresh_run(tmp_path, capsys):
     for step in range(1, 7):
         assert f"[{step}/6]" in first
     assert "train: found 80 = written 80 + rejected 0" in first
+    # Where the small recipes, the demo's and the config's default look for the demo's shards.
+    assert (tmp_path / "shards" / "train.manifest.json").is_file() and (tmp_path / "shards" / "val-000000.tar").is_file()
     assert "| kNN (k=20) top1 |" in first and "| linear probe top1 |" in first
     run = tmp_path / "runs" / "simclr-001"
     report = json.loads((run / "eval.json").read_text())
@@ -25,3 +31,10 @@ def test_the_demo_runs_end_to_end_and_reruns_into_a_fresh_run(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "reusing the digits dataset" in second and "already complete" in second
     assert (tmp_path / "runs" / "simclr-002" / "eval.json").is_file()
+
+
+def test_the_recipes_and_defaults_point_where_the_demo_writes():
+    patterns = [DataConfig().train] + [load_config(p).data.train for p in RECIPES.glob("*_small.yaml")]
+    demo = load_config(RECIPES / "simclr_demo.yaml")
+    patterns += [demo.data.train, demo.eval.val]
+    assert patterns and all(p.startswith("demo-out/shards/") for p in patterns), patterns

@@ -63,7 +63,7 @@ def _torchvision_view(view: ViewSpec):
         j = view.color_jitter
         steps.append(T.RandomApply([T.ColorJitter(j.brightness, j.contrast, j.saturation, j.hue)], p=j.p))
     if view.grayscale:
-        steps.append(T.RandomGrayscale(view.grayscale))
+        steps.append(T.RandomGrayscale(view.grayscale.p))
     if view.blur:
         steps.append(T.RandomApply([_PilBlur(view.blur.sigma)], p=view.blur.p))
     if view.solarize:
@@ -99,7 +99,7 @@ def _pil_view(view: ViewSpec):
             image = ImageOps.mirror(image)
         if view.color_jitter and random.random() < view.color_jitter.p:
             image = _jitter(image, view.color_jitter)
-        if random.random() < view.grayscale:
+        if view.grayscale and random.random() < view.grayscale.p:
             image = image.convert("L").convert("RGB")
         if view.blur and random.random() < view.blur.p:
             image = image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*view.blur.sigma)))

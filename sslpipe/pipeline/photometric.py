@@ -12,7 +12,7 @@ name, and applies them with no per-sample Python loop. One executor, two strateg
   blocks, each op only on the samples that drew it, on one torch thread.
 
 `strategy="auto"` picks by device; forcing "select" on CPU tensors runs the device path on the CPU
-(the tests and the count benchmarks do).
+(the tests do, to check both strategies give the same values).
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """Run torch on one thread, then restore the count. On blocks this small, torch's intra-op
-    threads mostly wait on each other (docs/benchmarks.md), and the DALI threads decoding the next
-    batches meanwhile use the CPU time better."""
+    threads mostly wait on each other, and the DALI threads decoding the next batches meanwhile
+    use the CPU time better."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -108,11 +108,11 @@ class ViewSpec:
 
     @classmethod
     def create(cls, **values) -> ViewSpec:
-        """A view from keyword arguments: its fields, and op settings by their YAML keys (a number
-        is the op's probability with its other settings at their defaults)."""
+        """A view from keyword arguments: its fields, and op settings by their YAML keys, as in YAML
+        (`True`: the defaults; a number: the probability, other settings at their defaults)."""
         given = tuple(values.pop("ops", ()))
-        ops = [op.Settings(p=value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-               for key, op in OPS.items() if (value := values.pop(key, None)) is not None]
+        ops = [_settings_of(op.Settings, value) for key, op in OPS.items()
+               if (value := values.pop(key, None)) is not None and value is not False]
         return cls(**values, ops=(*given, *ops))
 
     def op(self, key: str):
@@ -195,6 +195,14 @@ class PipelineSpec:
                                            resize=max(1, round(g.resize_to * factor)) if g.crop == "center" else g.resize)
                        for g in self.groups)
         return dataclasses.replace(self, name=f"{self.name}@{size}", groups=groups)
+
+
+def _settings_of(settings: type, value):
+    if value is True:
+        return settings()
+    if isinstance(value, (int, float)):
+        return settings(p=float(value))
+    return value
 
 
 def differences(saved: object, current: object, where: str = "") -> list[str]:

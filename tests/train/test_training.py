@@ -186,3 +186,22 @@ def test_bf16_autocast_trains_with_float32_losses(photo_shards, tmp_path, method
     assert "precision: bf16" in (run_dir / "config.yaml").read_text()
     model = final_state(run_dir)["model"]
     assert all(v.dtype == torch.float32 for v in model.values() if v.is_floating_point())  # fp32 weights
+
+
+def test_resume_refuses_an_edited_spec_naming_what_changed(photo_shards, tmp_path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text((RECIPES.parent / "pipelines" / "small_simclr.yaml").read_text())
+    train(config("simclr", photo_shards, tmp_path, f"data.pipeline={spec}", "train.max_steps=2"))
+    spec.write_text(spec.read_text().replace("grayscale: 0.2", "grayscale: 0.3"))
+    with pytest.raises(SslpipeError, match=r"cannot resume: the pipeline spec 'small_simclr' \(.*mine.yaml\) differs "
+                                           r"from the one the saved loader ran .*views\[0\].grayscale.p: 0.2 -> 0.3"):
+        train(config("simclr", photo_shards, tmp_path, f"data.pipeline={spec}", "train.max_steps=4"), resume="auto")
+    config_yaml = (tmp_path / "simclr_small" / "config.yaml").read_text()
+    assert "fingerprint:" in config_yaml and "recipe_fingerprint:" in config_yaml
+
+
+def test_impossible_optimizer_settings_are_refused(photo_shards, tmp_path):
+    with pytest.raises(SslpipeError, match=r"optim: clip_grad_norm must be > 0"):
+        config("simclr", photo_shards, tmp_path, "optim.clip_grad_norm=-1")
+    with pytest.raises(SslpipeError, match=r"optim.lr: expected a finite number, got inf"):
+        config("simclr", photo_shards, tmp_path, "optim.lr=.inf")
