@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--val", help="labelled held-out shards (default: the run's eval.val)")
     evaluate.add_argument("--pipeline", help="evaluation spec (default: the run's eval.pipeline)")
     evaluate.add_argument("--finetune-pipeline",
-                          help="spec of the fine-tuning and augmented probe (default: the run's eval.finetune_pipeline)")
+                          help="spec of the fine-tuning and augmented probe "
+                               "(default: the run's eval.finetune_pipeline)")
     evaluate.add_argument("--size", type=_at_least(1),
                           help="rescale both specs to this size (default: the run's eval.size)")
     evaluate.add_argument("--semisup", type=_fraction, nargs="*", default=[], metavar="FRACTION",
@@ -251,7 +252,8 @@ def _run_eval(args) -> int:
     from sslpipe.runs.evaluate import evaluate_run, results_table
 
     report = evaluate_run(args.target, train=args.train, val=args.val, pipeline=args.pipeline,
-                          finetune_pipeline=args.finetune_pipeline, size=args.size, semisup=tuple(args.semisup), random_baseline=not args.no_random, knn_k=args.knn_k,
+                          finetune_pipeline=args.finetune_pipeline, size=args.size,
+                          semisup=tuple(args.semisup), random_baseline=not args.no_random, knn_k=args.knn_k,
                           linear_epochs=args.linear_epochs, finetune_epochs=args.finetune_epochs,
                           augmented_probe_epochs=args.augmented_probe_epochs,
                           device=args.device)

@@ -14,7 +14,8 @@ import typing
 from sslpipe.errors import SslpipeError
 
 
-def build(cls, data: object, where: str, source: str, *, given: dict | None = None, also: tuple[str, ...] = ()):
+def build(cls, data: object, where: str, source: str, *, given: dict | None = None,
+          also: tuple[str, ...] = ()):
     """Instantiate dataclass `cls` from a mapping; fields not in `data` keep their defaults.
 
     A field may be a dataclass itself (a nested mapping; `true` means its defaults, `false` means
@@ -25,7 +26,8 @@ def build(cls, data: object, where: str, source: str, *, given: dict | None = No
     if not isinstance(data, dict):
         raise SslpipeError(f"{source}: {where} must be a mapping, got {data!r}")
     given = given or {}
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source" and f.name not in given}
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if f.init and f.name != "source" and f.name not in given}
     hints = typing.get_type_hints(cls)
     required = [n for n, f in fields.items()
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

@@ -17,7 +17,8 @@ def test_the_demo_runs_end_to_end_and_reruns_into_a_fresh_run(tmp_path, capsys):
         assert f"[{step}/6]" in first
     assert "train: found 80 = written 80 + rejected 0" in first
     # Where the small recipes, the demo's and the config's default look for the demo's shards.
-    assert (tmp_path / "shards" / "train.manifest.json").is_file() and (tmp_path / "shards" / "val-000000.tar").is_file()
+    shards = tmp_path / "shards"
+    assert (shards / "train.manifest.json").is_file() and (shards / "val-000000.tar").is_file()
     assert "| kNN (k=20) top1 |" in first and "| linear probe top1 |" in first
     run = tmp_path / "runs" / "simclr-001"
     report = json.loads((run / "eval.json").read_text())

@@ -19,8 +19,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "sslpipe"
-LAYERS = [{"errors"}, {"typed", "seeds", "files", "distributed"}, {"models", "losses", "optim", "shards", "fixtures"},
-          {"pipeline"}, {"methods", "eval"}, {"train"}, {"runs"}, {"demo"}, {"cli"}]
+LAYERS = [
+    {"errors"},
+    {"typed", "seeds", "files", "distributed"},
+    {"models", "losses", "optim", "shards", "fixtures"},
+    {"pipeline"},
+    {"methods", "eval"},
+    {"train"},
+    {"runs"},
+    {"demo"},
+    {"cli"},
+]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py" and p != PACKAGE / "__init__.py")
 
@@ -53,5 +62,7 @@ def test_every_part_of_the_package_has_a_layer():
 def test_no_module_imports_a_higher_layer(path):
     mine = unit(path)
     for other in imported_units(path) - {mine}:
-        assert LAYER[other] < LAYER[mine], f"{path.relative_to(PACKAGE)} ({mine}, layer {LAYER[mine]}) imports " \
-                                           f"sslpipe.{other} (layer {LAYER[other]})"
+        assert LAYER[other] < LAYER[mine], (
+            f"{path.relative_to(PACKAGE)} ({mine}, layer {LAYER[mine]}) imports "
+            f"sslpipe.{other} (layer {LAYER[other]})"
+        )

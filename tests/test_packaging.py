@@ -5,10 +5,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).parents[1]
 
@@ -30,18 +30,37 @@ def installed(tmp_path_factory):
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, source / part)
     run = dict(capture_output=True, text=True, timeout=600)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp / "dist"), str(source)], **run)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(source),
+        ],
+        **run,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("sslpipe-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, **run)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, **run).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            **run,
+        ).stdout.strip()
+    )
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                          **run)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], **run
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     shutil.rmtree(source)  # nothing of the checkout is left to read but the wheel's files
     return python, site, tmp
@@ -49,11 +68,13 @@ def installed(tmp_path_factory):
 
 def test_a_wheel_install_loads_every_shipped_spec_and_recipe(installed):
     python, site, tmp = installed
-    code = ("import sslpipe, sslpipe.pipeline.spec as s, sslpipe.train.config as c, sslpipe.files as f;"
-            "print(sslpipe.__file__);"
-            "names = sorted(s.shipped_specs()); [s.load_spec(n) for n in names]; print(names);"
-            "recipes = sorted(p.stem for p in f.shipped_folder('recipes').glob('*.yaml'));"
-            "[c.load_config(r) for r in recipes]; print(recipes)")
+    code = (
+        "import sslpipe, sslpipe.pipeline.spec as s, sslpipe.train.config as c, sslpipe.files as f;"
+        "print(sslpipe.__file__);"
+        "names = sorted(s.shipped_specs()); [s.load_spec(n) for n in names]; print(names);"
+        "recipes = sorted(p.stem for p in f.shipped_folder('recipes').glob('*.yaml'));"
+        "[c.load_config(r) for r in recipes]; print(recipes)"
+    )
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     where, specs, recipes = done.stdout.splitlines()[-3:]
@@ -66,8 +87,13 @@ def test_the_quick_demo_runs_from_a_wheel_install_in_another_directory(installed
     python, site, tmp = installed
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
-    done = subprocess.run([str(python), "-m", "sslpipe", "demo", "--quick", "--workers", "1"], capture_output=True,
-                          text=True, cwd=elsewhere, timeout=900)
+    done = subprocess.run(
+        [str(python), "-m", "sslpipe", "demo", "--quick", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "demo finished" in done.stdout
     assert (elsewhere / "demo-out" / "shards" / "train.manifest.json").is_file()

@@ -6,8 +6,8 @@ Runs the demo with its default settings in a fresh folder (or `--out`), then wri
 and the evaluation table into docs/benchmarks.md between this script's markers, with machine,
 versions and command. `--fresh` measures what a new user runs: a clone of this checkout's HEAD
 and the README's first command in it, verbatim (the venv install timed apart from the demo;
-pip's cache may make the install faster than a first one). `--cores N` keeps everything on N
-cores, a slower machine.
+pip's cache may make the install faster than a first one). `--cores 2 1` runs it once on 2
+cores and once on 1 (a slower machine).
 """
 
 from __future__ import annotations
@@ -43,13 +43,26 @@ def main() -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda with a GPU)")
     parser.add_argument("--workers", type=int, default=min(4, len(os.sched_getaffinity(0))))
     parser.add_argument("--fresh", action="store_true", help="clone HEAD and run the README's first command")
-    parser.add_argument("--cores", type=int, help="run on this many cores only")
+    parser.add_argument("--cores", type=int, nargs="+", help="one run on each of these numbers of cores")
     parser.add_argument("--doc", type=Path, default=REPO / "docs/benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args()
-    if args.cores:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])  # inherited by what it starts
 
+    available = sorted(os.sched_getaffinity(0))
+    runs = []
+    for cores in args.cores or [len(available)]:
+        os.sched_setaffinity(0, available[:cores])  # inherited by everything it starts
+        runs.append((cores, *_run(args)))
+    os.sched_setaffinity(0, available)
+    section = _section(runs, args)
+    print(section)
+    if not args.no_doc:
+        write_section(args.doc, BEGIN, END, section)
+        print(f"written to {args.doc}")
+
+
+def _run(args) -> tuple[float | None, float, dict]:
+    """One demo from scratch: (install minutes or None, demo minutes, its eval report)."""
     with tempfile.TemporaryDirectory(prefix="sslpipe-demo-") as tmp:
         install = None
         start = time.perf_counter()
@@ -63,11 +76,7 @@ def main() -> None:
         run = sorted((out / "runs").glob("simclr-*"))[-1]
         report = json.loads((run / "eval.json").read_text())
         report["epochs"] = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
-    section = _section(report, minutes, install, args)
-    print(section)
-    if not args.no_doc:
-        write_section(args.doc, BEGIN, END, section)
-        print(f"written to {args.doc}")
+    return install, minutes, report
 
 
 def _fresh(tmp: Path) -> tuple[float, Path]:
@@ -85,21 +94,29 @@ def _fresh(tmp: Path) -> tuple[float, Path]:
     return install, clone / "demo-out"
 
 
-def _section(report: dict, minutes: float, install: float | None, args) -> str:
+def _section(runs: list, args) -> str:
     import nvidia.dali
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     settings = DEFAULT
     command = " ".join(["python tools/bench_demo.py", *map(shlex.quote, sys.argv[1:])])
-    cores = len(os.sched_getaffinity(0))
-    timing = (f"The README's first command in a fresh clone: the install took {install:.1f} minutes, the demo "
-              f"{minutes:.1f}, {install + minutes:.1f} in all" if install is not None
-              else f"`sslpipe demo` from scratch (a fresh folder): {minutes:.1f} minutes in all")
+    what = ("the README's first command in a fresh clone (the install, then the demo)" if args.fresh
+            else "`sslpipe demo` from scratch (a fresh folder)")
+    report = runs[0][3]
+    rows = ["| cores | install min | demo min | total min | kNN top-1 pretrained / random | "
+            "linear top-1 pretrained / random |", "|---:|---:|---:|---:|---:|---:|"]
+    for cores, install, minutes, result in runs:
+        knn, linear = ([f"{result['results'][b][p]['top1']:.1f}%" for b in ("pretrained", "random")]
+                       for p in ("knn", "linear"))
+        total = minutes + (install or 0)
+        rows.append(f"| {cores} | {f'{install:.1f}' if install is not None else '-'} | {minutes:.1f} | "
+                    f"{total:.1f} | {' / '.join(knn)} | {' / '.join(linear)} |")
     return "\n".join([
         BEGIN,
         "## The demo: SimCLR pretraining against random initialisation",
         "",
-        f"{timing}, on {cores} core{'s' * (cores != 1)}. Digits on photos, "
+        f"Timed: {what}, once per number of cores (fewer cores: a slower machine; pip's cache may make "
+        "the install faster than a first one). Digits on photos, "
         f"{settings.train_per_class} train + {settings.val_per_class} val images per digit at "
         f"{settings.size} px; SimCLR ResNet-18 for {report['epochs']} epochs (`recipes/{RECIPE}.yaml`"
         + "".join(f", `{o}`" for o in settings.overrides) + "); evaluated on the val split (held out: other "
@@ -107,11 +124,15 @@ def _section(report: dict, minutes: float, install: float | None, args) -> str:
         f"({settings.linear_epochs} epochs). The random backbone is the same ResNet-18, freshly "
         "initialised.",
         "",
+        *rows,
+        "",
+        f"The first run's table ({runs[0][0]} cores):",
+        "",
         results_table(report["results"]),
         "",
-        f"- Machine: {cpu_name()}, {cores} cores used{gpu}; {platform.platform()}",
+        f"- Machine: {cpu_name()}{gpu}; {platform.platform()}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, DALI {nvidia.dali.__version__}",
-        f"- Command: `{command}`" + ("" if args.fresh else " (the same as `sslpipe demo`, timed)"),
+        f"- Command: `{command}`",
         END,
     ])
 

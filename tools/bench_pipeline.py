@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from benchdoc import cpu_name, fixture_shards, write_section  # noqa: E402  (tools/, beside this script)
+from benchdoc import cpu_name, endless, fixture_shards, write_section  # noqa: E402  (tools/, beside this script)
 from pil_baseline import baseline_loader, torchvision_available  # noqa: E402
 
 from sslpipe.pipeline.loader import ViewLoader  # noqa: E402
@@ -63,13 +63,13 @@ def main() -> None:
             streams = {}
             for device in args.device:
                 for decode in args.decode:
-                    streams[f"{device} {decode}"] = _endless(ViewLoader(
+                    streams[f"{device} {decode}"] = endless(ViewLoader(
                         spec, pattern, args.batch_size, device=device, decode=decode,
                         num_threads=args.threads, train=name != "eval"))
             if not args.no_baseline:
                 baseline = baseline_loader(spec, pattern, args.batch_size, args.baseline_workers,
                                            torchvision_available())
-                streams["baseline"] = _endless(baseline)
+                streams["baseline"] = endless(baseline)
             # Interleaved rounds, each loader's median kept: on a shared machine the speed drifts.
             rates = {column: [] for column in streams}
             for _ in range(args.repeats):
@@ -86,11 +86,6 @@ def main() -> None:
     if not args.no_doc:
         write_section(args.doc, BEGIN, END, section)
         print(f"written to {args.doc}")
-
-
-def _endless(loader):
-    while True:
-        yield from loader
 
 
 def _throughput(stream, args, device: str) -> float:

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from benchdoc import cpu_name, fixture_shards, write_section  # noqa: E402  (tools/, beside this script)
+from benchdoc import cpu_name, endless, fixture_shards, write_section  # noqa: E402  (tools/, beside this script)
 
 from sslpipe.pipeline.loader import ViewLoader  # noqa: E402
 
@@ -53,25 +53,38 @@ def main() -> None:
         rows = []
         for spec in args.specs:
             for decode in args.decode:
-                streams = {windows: _endless(ViewLoader(spec, pattern, args.batch_size, decode=decode,
-                                                        num_threads=args.threads, windows=windows))
-                           for windows in (False, True)}
+                streams = {
+                    windows: endless(
+                        ViewLoader(
+                            spec,
+                            pattern,
+                            args.batch_size,
+                            decode=decode,
+                            num_threads=args.threads,
+                            windows=windows,
+                        )
+                    )
+                    for windows in (False, True)
+                }
                 measured = {windows: [] for windows in streams}
                 for _ in range(args.repeats):
                     for windows, stream in streams.items():
                         measured[windows].append(_measure(stream, args))
-                rows.append((spec, decode, {w: tuple(statistics.median(m[i] for m in runs) for i in range(2))
-                                            for w, runs in measured.items()}))
+                rows.append(
+                    (
+                        spec,
+                        decode,
+                        {
+                            w: tuple(statistics.median(m[i] for m in runs) for i in range(2))
+                            for w, runs in measured.items()
+                        },
+                    )
+                )
     section = _section(rows, args)
     print(section)
     if not args.no_doc:
         write_section(args.doc, BEGIN, END, section)
         print(f"written to {args.doc}")
-
-
-def _endless(loader):
-    while True:
-        yield from loader
 
 
 def _measure(stream, args) -> tuple[float, float]:
@@ -88,19 +101,29 @@ def _measure(stream, args) -> tuple[float, float]:
 def _section(rows, args) -> str:
     import nvidia.dali
 
-    lines = ["## Crop windows: `windows=True` against the fused crop (CPU)", "",
-             f"Batches of {args.batch_size}, {args.batches} timed after {args.warmup}, the two loaders taking "
-             f"turns {args.repeats} times (median). Images/s counts source images; CPU ms is the process's CPU "
-             "time (all threads: DALI's and the photometric stage's) per source image.", "",
-             "| spec | decode | fused img/s | windows img/s | fused CPU ms/img | windows CPU ms/img | windows / fused (CPU) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Crop windows: `windows=True` against the fused crop (CPU)",
+        "",
+        f"Batches of {args.batch_size}, {args.batches} timed after {args.warmup}, the two loaders taking "
+        f"turns {args.repeats} times (median). Images/s counts source images; CPU ms is the process's CPU "
+        "time (all threads: DALI's and the photometric stage's) per source image.",
+        "",
+        "| spec | decode | fused img/s | windows img/s | fused CPU ms/img | windows CPU ms/img "
+        "| windows / fused (CPU) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for spec, decode, values in rows:
         (rate, cpu), (rate_w, cpu_w) = values[False], values[True]
-        lines.append(f"| {spec} | {decode} | {rate:.0f} | {rate_w:.0f} | {cpu:.2f} | {cpu_w:.2f} | {cpu_w / cpu:.2f}x |")
+        cells = [spec, decode, f"{rate:.0f}", f"{rate_w:.0f}", f"{cpu:.2f}", f"{cpu_w:.2f}",
+                 f"{cpu_w / cpu:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    lines += ["", f"- Machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, no GPU; {platform.platform()}",
-              f"- Python {platform.python_version()}, torch {torch.__version__}, DALI {nvidia.dali.__version__}",
-              f"- Command: `python {command}`"]
+    lines += [
+        "",
+        f"- Machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, no GPU; {platform.platform()}",
+        f"- Python {platform.python_version()}, torch {torch.__version__}, DALI {nvidia.dali.__version__}",
+        f"- Command: `python {command}`",
+    ]
     return BEGIN + "\n" + "\n".join(lines) + "\n" + END
 
 

@@ -1,6 +1,6 @@
 """What every benchmark script shares: the machine's description and writing its section of
-docs/benchmarks.md (between the script's own markers, leaving the other sections alone), and
-the fixture shards they measure when given none."""
+docs/benchmarks.md (between the script's own markers, leaving the other sections alone), the
+fixture shards they measure when given none, and a loader read across epochs."""
 
 from __future__ import annotations
 
@@ -40,3 +40,9 @@ def fixture_shards(tmp: Path, per_class: int) -> str:
     for source in imagenet_splits(tmp / "imagenet", ["train"]):
         convert_split(source, tmp / "shards", ConvertOptions(shard_samples=100), workers=2, progress=False)
     return str(tmp / "shards" / "train-*.tar")
+
+
+def endless(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader

@@ -25,8 +25,8 @@ class Features:
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, shards, *, spec: str = "eval", size: int | None = None,
-                     batch_size: int = 256, device: str | torch.device = "cpu", num_threads: int | None = None,
-                     desc: str = "features") -> Features:
+                     batch_size: int = 256, device: str | torch.device = "cpu",
+                     num_threads: int | None = None, desc: str = "features") -> Features:
     """Run `backbone` (in eval mode) over every image of `shards` once, centre-cropped by `spec`
     (rescaled to `size` when given).
 
@@ -34,7 +34,8 @@ def extract_features(backbone: nn.Module, shards, *, spec: str = "eval", size: i
     gathered and sorted by global sample index, is the same on every process and for any number
     of them.
     """
-    loader = ViewLoader(spec, shards, batch_size, device=device, train=False, num_threads=num_threads, size=size)
+    loader = ViewLoader(spec, shards, batch_size, device=device, train=False, num_threads=num_threads,
+                        size=size)
     was_training = backbone.training
     backbone.eval()
     features, labels, index, keys = [], [], [], []
@@ -58,5 +59,5 @@ def _by_index(parts: list[Features]) -> Features:
     index = torch.cat([p.index for p in parts])
     order = index.argsort()
     keys = [k for p in parts for k in p.keys]
-    return Features(torch.cat([p.features for p in parts])[order], torch.cat([p.labels for p in parts])[order],
-                    index[order], [keys[i] for i in order.tolist()])
+    features, labels = torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts])
+    return Features(features[order], labels[order], index[order], [keys[i] for i in order.tolist()])

@@ -28,7 +28,8 @@ def finetune_subset(backbone: nn.Module, train_shards: str, train: Features, val
     """Fine-tune a copy of `backbone` + a linear head on `fraction` of the labelled train shards.
 
     `train` holds the train split's labels and keys (from feature extraction); the subset is drawn
-    from them (`balanced_subset`) and copied to temporary shards. `size` rescales both specs. SGD with Nesterov momentum 0.9,
+    from them (`balanced_subset`) and copied to temporary shards; `size` rescales both specs. SGD
+    with Nesterov momentum 0.9,
     lr 0.05 x batch/256 (SimCLR's fine-tuning rate), cosine to 0, no weight decay. Returns
     {"top1", "top5", "labelled": subset size, "fraction", "epochs"}.
     """
@@ -59,7 +60,8 @@ def augmented_linear_probe(backbone: nn.Module, train_shards: str, val_shards: s
     model = nn.Sequential(frozen, head).to(device)
     lr = lr if lr is not None else 0.1 * batch_size / 256
     _train(model, head.parameters(), train_shards, pipeline=pipeline, size=size, epochs=epochs,
-           batch_size=batch_size, lr=lr, seed=seed, device=device, desc="linear probe", nesterov=False, frozen=frozen)
+           batch_size=batch_size, lr=lr, seed=seed, device=device, desc="linear probe", nesterov=False,
+           frozen=frozen)
     scores, labels = _predict(model, val_shards, eval_pipeline, size, device)
     return {**accuracy(scores, labels), "epochs": epochs}
 
@@ -88,7 +90,8 @@ def _train(model: nn.Module, parameters, shards: str, *, pipeline: str, size: in
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, shards: str, pipeline: str, size: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(model: nn.Module, shards: str, pipeline: str, size: int | None,
+             device) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     scores, labels = [], []
     for batch in ViewLoader(pipeline, shards, 256, device=device, train=False, size=size):

@@ -101,11 +101,11 @@ def knn_result(train: Features, val: Features, *, k: int | None = None, temperat
                            temperature=temperature), "k": k}
 
 
-def knn_evaluation(backbone: nn.Module, train: str, val: str, *, pipeline: str = "eval", size: int | None = None,
-                   k: int | None = None, temperature: float = 0.07, batch_size: int = 256, device="cpu") -> dict:
+def knn_evaluation(backbone: nn.Module, train: str, val: str, *, pipeline: str = "eval",
+                   size: int | None = None, k: int | None = None, temperature: float = 0.07,
+                   batch_size: int = 256, device="cpu") -> dict:
     """Weighted kNN of `val` against `train` (labelled shards): {"top1", "top5", "k"}, in percent."""
-    train_features = extract_features(backbone, train, spec=pipeline, size=size, batch_size=batch_size,
-                                      device=device, desc="kNN memory")
-    val_features = extract_features(backbone, val, spec=pipeline, size=size, batch_size=batch_size, device=device,
-                                    desc="kNN queries")
+    extract = dict(spec=pipeline, size=size, batch_size=batch_size, device=device)
+    train_features = extract_features(backbone, train, **extract, desc="kNN memory")
+    val_features = extract_features(backbone, val, **extract, desc="kNN queries")
     return knn_result(train_features, val_features, k=k, temperature=temperature)

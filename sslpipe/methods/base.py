@@ -118,14 +118,16 @@ class Method(nn.Module):
     def load_rank_state_dict(self, state: dict) -> None:
         parts = {name: part for name, part in self._parts() if part.per_rank}
         if set(parts) != set(state):
-            raise ValueError(f"the saved per-process state holds {sorted(state)}, this method has {sorted(parts)}")
+            raise ValueError(f"the saved per-process state holds {sorted(state)}, this method has "
+                             f"{sorted(parts)}")
         for name, part in parts.items():
             part.load_rank_state_dict(state[name])
 
     def unsynced_buffers(self) -> list[str]:
         """Buffers DDP must not broadcast from rank 0: the parts' (identical on every rank by
         construction, or per rank; e.g. a 650 MB memory bank)."""
-        return [f"{name}.{buffer}" for name, part in self._parts() for buffer, _ in part.named_buffers(recurse=False)]
+        return [f"{name}.{buffer}" for name, part in self._parts()
+                for buffer, _ in part.named_buffers(recurse=False)]
 
     def _parts(self):
         return [(name, m) for name, m in self.named_modules() if isinstance(m, Part)]

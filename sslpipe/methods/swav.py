@@ -49,14 +49,15 @@ class SwAV(Method):
             raise ValueError(f"method.queue_length ({config.queue_length}) must be a multiple of the "
                              f"global batch (data.batch_size={global_batch})")
         # One queue per assigned crop, of this process's own embeddings (the official code's).
-        self.queues = nn.ModuleList(FeatureQueue(config.queue_length // world, config.projector[-1], per_rank=True)
+        length = config.queue_length // world
+        self.queues = nn.ModuleList(FeatureQueue(length, config.projector[-1], per_rank=True)
                                     for _ in range(config.global_crops))
 
     def views_needed(self) -> ViewsNeeded:
         return ViewsNeeded(at_least=2, groups=((self.config.global_views, self.config.global_crops),),
-                           why=f"codes come from the first method.global_crops={self.config.global_crops} views "
-                               f"of method.global_views={self.config.global_views!r}, and each crop predicts "
-                               f"another's")
+                           why=f"codes come from the first method.global_crops={self.config.global_crops} "
+                               f"views of method.global_views={self.config.global_views!r}, and each crop "
+                               f"predicts another's")
 
     def forward(self, batch: Batch, step: Step) -> StepOutput:
         """batch.views: the global crops (e.g. 2 x (N, 3, 224, 224)) and any local ones."""

@@ -3,9 +3,10 @@
 One pipeline reads one epoch of one rank: the loader builds a new one per epoch with that
 epoch's shard order, so an epoch always starts at the beginning of the rank's samples (a reader
 that loops on its own drifts by the dropped remainder each epoch) and DALI's random state is a
-function of (seed, epoch, rank). Its outputs, per batch: one uint8 HxWx3 tensor list per view
-(on the GPU for `device="gpu"`), the raw `.cls` bytes and each sample's source
-(`shard.tar:offset:key.jpg`).
+function of (seed, epoch, rank). Its outputs, per batch, by name: one uint8 HxWx3 tensor list
+per view (on the GPU for `device="gpu"`), the raw `.cls` bytes, each sample's source
+(`shard.tar:offset:key.jpg`, from which the loader derives the global sample index) and, when
+asked, each view's crop window and flip.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device:
             if view.crop == "center":
                 image = center(decoded(), view)
             elif windows:
-                image, extras[f"anchor{i}"], extras[f"shape{i}"] = windowed_random(decoded, jpegs, image_shape, view)
+                image, anchor, shape = windowed_random(decoded, jpegs, image_shape, view)
+                extras[f"anchor{i}"], extras[f"shape{i}"] = anchor, shape
             else:
                 image = fused_random(decoded, jpegs, view)
             if view.flip > 0:

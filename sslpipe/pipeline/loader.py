@@ -67,7 +67,8 @@ class ViewLoader:
                  seed: int = 0, train: bool = True, dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, normalize: bool = True, decode: DecodeMode = "once",
                  decoder: DecoderOptions = DecoderOptions(), num_threads: int | None = None,
-                 shuffle_buffer: int = 4096, prefetch: int = 2, windows: bool = False, size: int | None = None):
+                 shuffle_buffer: int = 4096, prefetch: int = 2, windows: bool = False,
+                 size: int | None = None):
         self.spec = load_spec(spec, size)
         self.device = _device(device)
         self.rank, self.world_size = _place(rank, world_size)
@@ -253,9 +254,10 @@ class ViewLoader:
             except ValueError:
                 shard, position = self.samples.locate(int(index[j]))
                 self._pipe = None  # the batch is lost: no position to go on from
-                self._failed = f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not an integer"
-                raise SslpipeError(f"{self._failed} ({text[:40]!r}); run `sslpipe verify {shard.path.parent}`") \
-                    from None
+                self._failed = (f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not "
+                                f"an integer")
+                raise SslpipeError(f"{self._failed} ({text[:40]!r}); run `sslpipe verify "
+                                   f"{shard.path.parent}`") from None
         return torch.tensor(values, dtype=torch.int64)
 
     def _windows(self, named, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -270,8 +272,8 @@ class ViewLoader:
                 side = view.size / view.resize_to * height_width.min(axis=1, keepdims=True)
                 shape = np.minimum(side, height_width)
                 anchor = (height_width - shape) / 2
-            windows.append(torch.from_numpy(np.concatenate([anchor, shape], axis=1) / np.tile(height_width, 2))
-                           .float().to(self.device))
+            relative = np.concatenate([anchor, shape], axis=1) / np.tile(height_width, 2)
+            windows.append(torch.from_numpy(relative).float().to(self.device))
             flip = (np.asarray(named[f"flip{i}"].as_tensor())[:count].reshape(-1).astype(bool)
                     if view.flip > 0 else np.zeros(count, dtype=bool))
             flips.append(torch.from_numpy(flip).to(self.device))

@@ -107,10 +107,12 @@ class PhotometricStage:
         # a cache-sized block in one go, and only on the samples that drew it. With Kornia
         # transforms to follow, the blocks stay float32 and unnormalized until those have run.
         fused = self.kornia is None
-        out = torch.empty(images.shape, dtype=self.dtype if fused else torch.float32, memory_format=memory_format)
+        out = torch.empty(images.shape, dtype=self.dtype if fused else torch.float32,
+                          memory_format=memory_format)
         with _one_thread():
             for keys, index in self._cpu_blocks(draws.ops):
-                x = self._gathered(_to_float(images[index]), {k: take(p, index) for k, p in draws.ops.items()}, keys)
+                params = {key: take(p, index) for key, p in draws.ops.items()}
+                x = self._gathered(_to_float(images[index]), params, keys)
                 if fused and self._normalize:
                     x = (x - self._mean[index]) / self._std[index]
                 out.index_copy_(0, index, x.to(out.dtype))

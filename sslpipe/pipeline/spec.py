@@ -98,7 +98,8 @@ class ViewSpec:
         keys = []
         for settings in self.ops:
             if type(settings) not in by_class:
-                raise ValueError(f"ops: {settings!r} is not the settings of an op of the table ({', '.join(OPS)})")
+                raise ValueError(f"ops: {settings!r} is not the settings of an op of the table "
+                                 f"({', '.join(OPS)})")
             keys.append(by_class[type(settings)])
         if len(set(keys)) != len(keys):
             raise ValueError(f"ops: each op at most once, got {keys}")
@@ -137,7 +138,8 @@ class ViewSpec:
 
     def to_dict(self) -> dict:
         """The view as YAML writes it (op settings under their keys)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("ops", "kornia")}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("ops", "kornia")}
         data["normalize"] = dataclasses.asdict(self.normalize) if self.normalize else None
         for key in OPS:
             settings = self.op(key)
@@ -191,9 +193,11 @@ class PipelineSpec:
         if size < 1:
             raise SslpipeError(f"a spec's size must be >= 1, got {size}")
         factor = size / self.views[0].size
-        groups = tuple(dataclasses.replace(g, size=max(1, round(g.size * factor)),
-                                           resize=max(1, round(g.resize_to * factor)) if g.crop == "center" else g.resize)
-                       for g in self.groups)
+        def scaled(g: ViewSpec) -> ViewSpec:
+            resize = max(1, round(g.resize_to * factor)) if g.crop == "center" else g.resize
+            return dataclasses.replace(g, size=max(1, round(g.size * factor)), resize=resize)
+
+        groups = tuple(scaled(g) for g in self.groups)
         return dataclasses.replace(self, name=f"{self.name}@{size}", groups=groups)
 
 
@@ -208,8 +212,10 @@ def _settings_of(settings: type, value):
 def differences(saved: object, current: object, where: str = "") -> list[str]:
     """`where: before -> now` for every leaf that differs between two plain-data trees."""
     if isinstance(saved, dict) and isinstance(current, dict):
-        return [d for key in sorted(set(saved) | set(current), key=str)
-                for d in differences(saved.get(key), current.get(key), f"{where}.{key}" if where else str(key))]
+        found = []
+        for key in sorted(set(saved) | set(current), key=str):
+            found += differences(saved.get(key), current.get(key), f"{where}.{key}" if where else str(key))
+        return found
     if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
         return [d for i, (a, b) in enumerate(zip(saved, current)) for d in differences(a, b, f"{where}[{i}]")]
     return [] if saved == current else [f"{where}: {saved!r} -> {current!r}"]
@@ -233,7 +239,8 @@ def _read_spec(spec: str | Path) -> PipelineSpec:
     if not path.suffix and not path.exists():
         shipped = shipped_specs()
         if str(spec) not in shipped:
-            raise SslpipeError(f"no pipeline spec named {str(spec)!r}: give a YAML path or one of {sorted(shipped)}")
+            raise SslpipeError(f"no pipeline spec named {str(spec)!r}: give a YAML path or one of "
+                               f"{sorted(shipped)}")
         path = shipped[str(spec)]
     try:
         data = yaml.safe_load(path.read_text())
@@ -267,8 +274,8 @@ def _parse_view(data: object, where: str, source: str) -> ViewSpec:
     if not isinstance(data, dict):
         raise SslpipeError(f"{source}: {where} must be a mapping, got {data!r}")
     fields = {key: value for key, value in data.items() if key not in OPS and key != "kornia"}
-    ops = tuple(settings for key, op in OPS.items()
-                if (settings := _op_settings(op.Settings, data.get(key), f"{where}.{key}", source)) is not None)
+    settings = (_op_settings(op.Settings, data.get(key), f"{where}.{key}", source) for key, op in OPS.items())
+    ops = tuple(s for s in settings if s is not None)
     kornia = parse_kornia(data.get("kornia"), f"{where}.kornia", source)
     return build(ViewSpec, fields, where, source, given={"ops": ops, "kornia": kornia},
                  also=(*OPS, "kornia"))

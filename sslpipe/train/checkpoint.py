@@ -35,8 +35,8 @@ VERSION = 2
 # Settings a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = {"train": {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
                                "nonfinite_loss", "out", "run"},
-                     "eval": {"val", "train", "pipeline", "size", "finetune_pipeline", "every_epochs", "knn_k",
-                              "knn_temperature", "batch_size"}}
+                     "eval": {"val", "train", "pipeline", "size", "finetune_pipeline", "every_epochs",
+                              "knn_k", "knn_temperature", "batch_size"}}
 
 
 class Stateful(Protocol):
@@ -101,7 +101,8 @@ class Checkpointer:
         ranks = gather_object([{name: part.state_dict() for name, part in self.per_rank.items()}])
         if self.accelerator.is_main_process:
             state = {"version": VERSION, "step": step, "config": config, "ranks": ranks,
-                     **{name: part.state_dict() if part is not None else None for name, part in self.shared.items()}}
+                     **{name: part.state_dict() if part is not None else None
+                        for name, part in self.shared.items()}}
             save_checkpoint(state, self.folder, step, self.keep)
         self.accelerator.wait_for_everyone()
 

@@ -1,6 +1,7 @@
 """The one training loop, for every method, under HuggingFace Accelerate.
 
-    accelerate launch -m sslpipe.train recipes/simclr_r50_imagenet.yaml data.train='shards/train-{000000..001023}.tar'
+    accelerate launch -m sslpipe.train recipes/simclr_r50_imagenet.yaml \
+        data.train='shards/train-{000000..001023}.tar'
 
 Each process reads its own shards through a `ViewLoader` (never `accelerator.prepare`d: that
 would read on one process and broadcast); the method runs under DDP and autocast; schedules are
@@ -58,7 +59,9 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
     checkpoint file or a run folder."""
     accelerator = _accelerator(config)
     run = RunFolder(Path(config.train.out) / config.train.run)
-    checkpoint = None if resume is None else RunFolder.find_checkpoint(run.path if str(resume) == "auto" else resume)
+    checkpoint = None
+    if resume is not None:
+        checkpoint = RunFolder.find_checkpoint(run.path if str(resume) == "auto" else resume)
     if checkpoint is None and run.checkpoints.exists():
         raise SslpipeError(f"{run.path} already holds checkpoints: add --resume to continue that run, "
                            f"or choose another train.run")
@@ -180,7 +183,8 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
             state.method.after_optimizer_step(step)
         progress.step += 1
         done_in_epoch += 1
-        window.add(None if skip else out, waited, time.perf_counter() - started, batch.size * acc.num_processes)
+        window.add(None if skip else out, waited, time.perf_counter() - started,
+                   batch.size * acc.num_processes)
 
         if progress.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
             row = {"step": progress.step, "epoch": epoch, **window.means(acc), **values,
@@ -207,7 +211,8 @@ def _online_knn(state: TrainState, epoch: int) -> None:
     result = knn_evaluation(state.method.backbone, memory, evaluation.val, pipeline=evaluation.pipeline,
                             size=evaluation.size, k=evaluation.knn_k, temperature=evaluation.knn_temperature,
                             batch_size=evaluation.batch_size, device=acc.device)
-    state.metrics.write({"step": state.progress.step, "epoch": epoch, **{f"knn_{k}": v for k, v in result.items()}})
+    state.metrics.write({"step": state.progress.step, "epoch": epoch,
+                         **{f"knn_{k}": v for k, v in result.items()}})
     acc.print(f"epoch {epoch + 1}: kNN top-1 {result['top1']:.1f}% (k={result['k']}) on {evaluation.val}")
 
 
@@ -215,9 +220,9 @@ def _feature_extractor(state: TrainState):
     """What `Method.on_epoch_start` gets: features of every training image, by global index."""
     def extract(module: torch.nn.Module) -> torch.Tensor:
         evaluation = state.config.eval
-        features = extract_features(module, state.config.data.train, spec=evaluation.pipeline, size=evaluation.size,
-                                    batch_size=evaluation.batch_size, device=state.accelerator.device,
-                                    desc="features of the training images")
+        features = extract_features(module, state.config.data.train, spec=evaluation.pipeline,
+                                    size=evaluation.size, batch_size=evaluation.batch_size,
+                                    device=state.accelerator.device, desc="features of the training images")
         return features.features
 
     return extract
@@ -280,7 +285,8 @@ def build_schedules(config: Config, method: Method, steps_per_epoch: int, total_
 def build_optimizer(config: Config, method: Method, lr: float) -> torch.optim.Optimizer:
     """The recipe's optimizer (registry `OPTIMIZERS`) over the method's parameter groups."""
     optim = config.optim
-    groups = param_groups(method, weight_decay=optim.weight_decay, exclude_bias_and_norm=optim.exclude_bias_and_norm,
+    groups = param_groups(method, weight_decay=optim.weight_decay,
+                          exclude_bias_and_norm=optim.exclude_bias_and_norm,
                           fixed_lr_prefixes=method.fixed_lr_prefixes)
     return OPTIMIZERS[optim.name](groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                                   eta=optim.eta)

@@ -75,7 +75,9 @@ class RunFolder:
         self.eval_report.write_text(json.dumps(report, indent=2) + "\n")
 
     def read_metrics(self) -> list[dict]:
-        return [json.loads(line) for line in self.metrics.read_text().splitlines()] if self.metrics.is_file() else []
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines()]
 
 
 class MetricsWriter:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sslpipe.methods.base import Method
@@ -71,12 +70,13 @@ def test_queue_state_lives_where_its_placement_says_and_reloads_its_host_mirror(
     rank_state = holder.rank_state_dict()
     assert set(rank_state) == {"own"} and rank_state["own"]["position"] == 2
     assert sorted(holder.unsynced_buffers()) == sorted(
-        f"{part}.{name}" for part in ("shared", "own") for name in ("rows", "position", "filled"))
+        f"{part}.{name}" for part in ("shared", "own") for name in ("rows", "position", "filled")
+    )
 
     other = Holder()
     other.load_state_dict(state)
     other.load_rank_state_dict(rank_state)
-    assert (other.shared._position, other.shared._filled) == (3, 3)   # the host mirrors follow the load
+    assert (other.shared._position, other.shared._filled) == (3, 3)  # the host mirrors follow the load
     assert (other.own._position, other.own._filled) == (2, 2)
     with pytest.raises(ValueError, match="holds"):
         other.load_rank_state_dict({})
@@ -87,7 +87,9 @@ def test_queue_state_lives_where_its_placement_says_and_reloads_its_host_mirror(
 def test_memory_bank_init_read_and_update_follow_instdisc():
     bank = MemoryBank(50, 16, generator=torch.Generator().manual_seed(0))
     bound = 1 / math.sqrt(16 / 3)  # lemniscate.pytorch: stdv = 1 / sqrt(inputSize / 3)
-    assert bank.rows.shape == (50, 16) and bank.rows.abs().max() <= bound and bank.rows.abs().max() > 0.9 * bound
+    assert (
+        bank.rows.shape == (50, 16) and bank.rows.abs().max() <= bound and bank.rows.abs().max() > 0.9 * bound
+    )
     index = torch.tensor([3, 17, 42])
     features = torch.randn(3, 16)
     before = bank.rows.clone()

@@ -23,7 +23,9 @@ def test_the_global_index_is_the_position_in_the_shard_list_whatever_the_epoch_a
     seen = {}
     for world_size in (1, 2, 7):
         for rank in range(world_size):
-            loader = ViewLoader(crop_only(8), coordinate_shards, batch_size=4, rank=rank, world_size=world_size, seed=3)
+            loader = ViewLoader(
+                crop_only(8), coordinate_shards, batch_size=4, rank=rank, world_size=world_size, seed=3
+            )
             for _ in range(2):  # two epochs, reshuffled
                 for batch in loader:
                     assert batch.index.dtype == torch.int64 and batch.index.shape == (4,)
@@ -32,22 +34,27 @@ def test_the_global_index_is_the_position_in_the_shard_list_whatever_the_epoch_a
                         assert seen.setdefault(i, key) == key
     assert sorted(seen) == list(range(len(keys)))  # every sample, each with one index
     # In evaluation order the index runs through the shards as listed.
-    evaluation = [i for batch in ViewLoader(crop_only(8), coordinate_shards, batch_size=16, train=False)
-                  for i in batch.index.tolist()]
+    evaluation = [
+        i
+        for batch in ViewLoader(crop_only(8), coordinate_shards, batch_size=16, train=False)
+        for i in batch.index.tolist()
+    ]
     assert evaluation == list(range(len(keys)))
 
 
 def test_views_are_slices_of_their_size_group(coordinate_shards):
     spec = resized("swav_multicrop", 16)
-    spec = parse_spec({"views": [{**spec.groups[0].to_dict(), "size": 24}, {**spec.groups[1].to_dict(), "size": 16}]})
+    spec = parse_spec(
+        {"views": [{**spec.groups[0].to_dict(), "size": 24}, {**spec.groups[1].to_dict(), "size": 16}]}
+    )
     batch = next(iter(ViewLoader(spec, coordinate_shards, batch_size=4)))
     assert [(g.size, g.views) for g in batch.groups] == [(24, (0, 1)), (16, (2, 3, 4, 5, 6, 7))]
     assert batch.names == ("global",) * 2 + ("local",) * 6 and batch.named("local") == [2, 3, 4, 5, 6, 7]
     for group in batch.groups:
         assert group.images.shape == (4 * len(group.views), 3, group.size, group.size)
         for j, i in enumerate(group.views):
-            assert torch.equal(batch.views[i], group.images[4 * j:4 * (j + 1)])
-            assert batch.views[i].data_ptr() == group.images[4 * j:].data_ptr()  # the same memory
+            assert torch.equal(batch.views[i], group.images[4 * j : 4 * (j + 1)])
+            assert batch.views[i].data_ptr() == group.images[4 * j :].data_ptr()  # the same memory
     assert batch.concat((0, 1)) is batch.groups[0].images
     reordered = batch.concat((3, 2))  # not a group: a copy, in the order asked
     assert torch.equal(reordered, torch.cat([batch.views[3], batch.views[2]]))
@@ -87,7 +94,9 @@ def test_center_crop_windows(coordinate_shards):
 
 def test_windows_resume_exactly(coordinate_shards):
     spec = crop_only(size=16, count=2, scale=[0.2, 0.6])
-    whole = [(b.windows, b.views) for b in ViewLoader(spec, coordinate_shards, batch_size=8, seed=1, windows=True)]
+    whole = [
+        (b.windows, b.views) for b in ViewLoader(spec, coordinate_shards, batch_size=8, seed=1, windows=True)
+    ]
     first = ViewLoader(spec, coordinate_shards, batch_size=8, seed=1, windows=True)
     for _, _ in zip(range(4), first):
         pass
@@ -111,8 +120,11 @@ def test_an_edited_spec_is_refused_on_resume_naming_what_changed(coordinate_shar
     data = [g.to_dict() for g in spec.groups]
     data[1]["blur"]["p"] = 0.5
     edited = parse_spec({"name": "byol", "views": data}, "edited.yaml")
-    with pytest.raises(SslpipeError, match=r"spec 'byol' \(edited.yaml\) differs from the one the saved loader ran "
-                                           r"\('byol'\): views\[1\].blur.p: 0.1 -> 0.5"):
+    with pytest.raises(
+        SslpipeError,
+        match=r"spec 'byol' \(edited.yaml\) differs from the one the saved loader ran "
+        r"\('byol'\): views\[1\].blur.p: 0.1 -> 0.5",
+    ):
         ViewLoader(edited, coordinate_shards, batch_size=8).load_state_dict(state)
 
 
@@ -127,9 +139,14 @@ def test_a_label_that_is_not_an_integer_names_shard_and_key_and_stops_the_loader
         writer.add(f"bad{i}", {"jpg": jpeg, "cls": b"cat" if i == 3 else b"1"})
     writer.finish()
     writer.publish()
-    loader = ViewLoader(crop_only(8), str(tmp_path / "shards" / "train-000009.tar"), batch_size=8, train=False)
-    with pytest.raises(SslpipeError, match=r"train-000009.tar: sample 'bad3' has a .cls that is not an integer "
-                                           r"\(b'cat'\); run `sslpipe verify"):
+    loader = ViewLoader(
+        crop_only(8), str(tmp_path / "shards" / "train-000009.tar"), batch_size=8, train=False
+    )
+    with pytest.raises(
+        SslpipeError,
+        match=r"train-000009.tar: sample 'bad3' has a .cls that is not an integer "
+        r"\(b'cat'\); run `sslpipe verify",
+    ):
         list(loader)
     with pytest.raises(SslpipeError, match="this loader stopped on an error"):
         list(loader)

@@ -75,7 +75,8 @@ def test_hue_keeps_value_and_chroma_and_a_full_turn_is_the_identity():
 
 def test_grayscale_matches_kornia():
     x = random_images()
-    torch.testing.assert_close(color.grayscale(x), rgb_to_grayscale(x, rgb_weights=torch.tensor(color.GRAY_WEIGHTS)))
+    torchvision_weights = torch.tensor(color.GRAY_WEIGHTS)
+    torch.testing.assert_close(color.grayscale(x), rgb_to_grayscale(x, rgb_weights=torchvision_weights))
     assert color.to_grayscale(x).shape == x.shape
 
 

@@ -55,23 +55,33 @@ class InvertOp(PhotometricOp):
 def with_invert(monkeypatch):
     """The table with one more op, registered the way the docs say: one entry."""
     table = {**ops_module.OPS, "invert": InvertOp}
-    for module in ("sslpipe.pipeline.ops", "sslpipe.pipeline.spec", "sslpipe.pipeline.photometric",
-                   "sslpipe.pipeline.loader"):
+    for module in (
+        "sslpipe.pipeline.ops",
+        "sslpipe.pipeline.spec",
+        "sslpipe.pipeline.photometric",
+        "sslpipe.pipeline.loader",
+    ):
         monkeypatch.setattr(f"{module}.OPS", table)
     return table
 
 
 def test_a_new_op_is_one_entry_of_the_table(with_invert):
-    spec = parse_spec({"views": [{"name": "v", "size": 16, "color_jitter": True, "invert": 0.5,
-                                  "normalize": None}]}, "mine.yaml")
+    spec = parse_spec(
+        {"views": [{"name": "v", "size": 16, "color_jitter": True, "invert": 0.5, "normalize": None}]},
+        "mine.yaml",
+    )
     (view,) = spec.views
     assert view.invert == Invert(p=0.5) and view.to_dict()["invert"] == {"p": 0.5}
     stage = PhotometricStage(spec.views, N, "cpu", normalize=False)
     draws = stage.sample(3)
     assert 0 < int(draws.ops["invert"]["on"].sum()) < N
     # The table's other ops draw what they drew before the new op existed.
-    before = PhotometricStage([ViewSpec.create(name="v", size=16, color_jitter=True, normalize=None)], N, "cpu")
-    assert all(torch.equal(v, before.sample(3).ops["color_jitter"][k]) for k, v in draws.ops["color_jitter"].items())
+    before = PhotometricStage(
+        [ViewSpec.create(name="v", size=16, color_jitter=True, normalize=None)], N, "cpu"
+    )
+    assert all(
+        torch.equal(v, before.sample(3).ops["color_jitter"][k]) for k, v in draws.ops["color_jitter"].items()
+    )
     x = images(N)
     out = stage.apply(x, draws)
     on = draws.ops["invert"]["on"]
@@ -83,17 +93,33 @@ def test_a_new_op_is_one_entry_of_the_table(with_invert):
 
 
 def test_flat_yaml_keys_and_their_shorthands():
-    (view,) = parse_spec({"views": [{"name": "v", "size": 32, "grayscale": 0.2, "blur": True, "solarize": 0.0,
-                                     "color_jitter": {"p": 0.5}}]}).views
+    (view,) = parse_spec(
+        {
+            "views": [
+                {
+                    "name": "v",
+                    "size": 32,
+                    "grayscale": 0.2,
+                    "blur": True,
+                    "solarize": 0.0,
+                    "color_jitter": {"p": 0.5},
+                }
+            ]
+        }
+    ).views
     assert view.grayscale.p == 0.2 and view.blur.p == 0.5 and view.solarize is None
     assert view.color_jitter.p == 0.5 and view.color_jitter.brightness == 0.4
     assert [type(s).__name__ for s in view.ops] == ["ColorJitter", "Grayscale", "Blur"]  # table order
-    with pytest.raises(SslpipeError, match=r"unknown key \(expected one of: name, size, .*color_jitter, "
-                                           r"grayscale, blur, solarize, kornia\)"):
+    with pytest.raises(
+        SslpipeError,
+        match=r"unknown key \(expected one of: name, size, .*color_jitter, "
+        r"grayscale, blur, solarize, kornia\)",
+    ):
         parse_spec({"views": [{"name": "v", "size": 32, "posterize": 0.2}]}, "mine.yaml")
 
 
 # Kornia as the extension library.
+
 
 def kornia_view(transforms, size=16, **extra):
     return {"views": [{"name": "v", "size": size, "kornia": transforms, "normalize": None, **extra}]}
@@ -103,12 +129,17 @@ def test_kornia_transforms_are_checked_when_the_spec_is_read():
     spec = parse_spec(kornia_view([{"RandomPosterize": {"bits": 3, "p": 0.5}}, "RandomEqualize"]))
     (view,) = spec.views
     assert [str(t) for t in view.kornia] == ["RandomPosterize(bits=3, p=0.5)", "RandomEqualize()"]
-    assert view.random and view.to_dict()["kornia"] == [{"RandomPosterize": {"bits": 3, "p": 0.5}},
-                                                       {"RandomEqualize": {}}]
+    assert view.random and view.to_dict()["kornia"] == [
+        {"RandomPosterize": {"bits": 3, "p": 0.5}},
+        {"RandomEqualize": {}},
+    ]
     for transforms, message in [
         (["RandomPosterise"], r"views\[0\].kornia\[0\]: 'RandomPosterise' is not a 2D transform"),
-        ([{"RandomPosterize": {"bitz": 3}}], r"views\[0\].kornia\[0\]: kornia.augmentation.RandomPosterize "
-                                             r"refused its arguments: TypeError"),
+        (
+            [{"RandomPosterize": {"bitz": 3}}],
+            r"views\[0\].kornia\[0\]: kornia.augmentation.RandomPosterize "
+            r"refused its arguments: TypeError",
+        ),
         ([{"RandomPosterize": {"bits": 3}, "RandomEqualize": {}}], r"kornia\[0\]: expected a transform name"),
         ("RandomEqualize", r"views\[0\].kornia: expected a list"),
         (["RandomMixUpV2"], "is not a 2D transform"),  # mixes images (and labels): no view augmentation
@@ -119,7 +150,9 @@ def test_kornia_transforms_are_checked_when_the_spec_is_read():
 
 def test_a_kornia_transform_that_changes_the_shape_is_refused():
     spec = parse_spec(kornia_view([{"RandomCrop": {"size": [8, 8]}}]), "mine.yaml")
-    with pytest.raises(SslpipeError, match=r"view 'v': kornia.augmentation.RandomCrop\(size=\(8, 8\)\) changes"):
+    with pytest.raises(
+        SslpipeError, match=r"view 'v': kornia.augmentation.RandomCrop\(size=\(8, 8\)\) changes"
+    ):
         PhotometricStage(spec.views, 4, "cpu")
 
 
@@ -128,8 +161,9 @@ def test_kornia_transforms_run_after_the_table_ops_seeded_by_the_batch():
     stage = PhotometricStage(spec.views, 8, "cpu", normalize=False)
     x = images(8)
     out = stage(x, 5)
-    solarized = PhotometricStage(parse_spec(kornia_view([], solarize={"p": 1.0, "threshold": 0.5})).views, 8, "cpu",
-                                 normalize=False)(x, 5)
+    solarized = PhotometricStage(
+        parse_spec(kornia_view([], solarize={"p": 1.0, "threshold": 0.5})).views, 8, "cpu", normalize=False
+    )(x, 5)
     # The table's solarize first, then the Kornia transform (the other order gives other values).
     torch.testing.assert_close(out, kornia.enhance.invert(solarized))
     inverted_first = 1 - x.float() / 255
@@ -141,13 +175,19 @@ def test_kornia_transforms_run_after_the_table_ops_seeded_by_the_batch():
     a, b, c = random(images(32), 1), random(images(32), 1), random(images(32), 2)
     assert torch.equal(torch.get_rng_state(), state)  # torch's global generator is left as it was
     assert torch.equal(a, b) and not torch.equal(a, c)
-    erased = ((a == 0).flatten(1).float().mean(1) > 0.01)
+    erased = (a == 0).flatten(1).float().mean(1) > 0.01
     assert 0 < int(erased.sum()) < 32  # p = 0.5, drawn per sample
 
 
 def test_kornia_transforms_on_one_view_leave_the_other_views_of_its_stage_alone():
-    spec = parse_spec({"views": [{"name": "a", "size": 16, "normalize": None, "kornia": [{"RandomInvert": {"p": 1.0}}]},
-                                 {"name": "b", "size": 16, "normalize": None}]})
+    spec = parse_spec(
+        {
+            "views": [
+                {"name": "a", "size": 16, "normalize": None, "kornia": [{"RandomInvert": {"p": 1.0}}]},
+                {"name": "b", "size": 16, "normalize": None},
+            ]
+        }
+    )
     stage = PhotometricStage(spec.views, 4, "cpu")
     x = images(8)
     out = stage(x, 0)
@@ -157,8 +197,17 @@ def test_kornia_transforms_on_one_view_leave_the_other_views_of_its_stage_alone(
 
 def test_a_spec_with_kornia_transforms_loads_end_to_end_and_resumes_exactly(coordinate_shards):
     spec = load_spec(resized("mocov2", 24))
-    spec = parse_spec({"views": [{**spec.groups[0].to_dict(), "kornia": [{"RandomPosterize": {"bits": 3, "p": 0.5}},
-                                                                       {"RandomSharpness": {"p": 0.5}}]}]}, "k.yaml")
+    spec = parse_spec(
+        {
+            "views": [
+                {
+                    **spec.groups[0].to_dict(),
+                    "kornia": [{"RandomPosterize": {"bits": 3, "p": 0.5}}, {"RandomSharpness": {"p": 0.5}}],
+                }
+            ]
+        },
+        "k.yaml",
+    )
     reference = ViewLoader(spec, coordinate_shards, batch_size=8, seed=4)
     stream = [[v.clone() for v in batch.views] for batch in reference]
     first = ViewLoader(spec, coordinate_shards, batch_size=8, seed=4)

@@ -46,7 +46,8 @@ def params(n, **fields):
     for name, value in base.items():
         op, key = FIELDS[name]
         integer = name in ("jitter", "gray", "blur", "solarize", "order")
-        ops.setdefault(op, {})[key] = torch.as_tensor(value) if integer else torch.as_tensor(value, dtype=torch.float32)
+        dtype = None if integer else torch.float32
+        ops.setdefault(op, {})[key] = torch.as_tensor(value, dtype=dtype)
     return Draws(ops)
 
 

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from sslpipe.cli import main
 from sslpipe.errors import SslpipeError
-from sslpipe.runs.evaluate import evaluate_run, results_table
 from sslpipe.models import resnet18
+from sslpipe.runs.evaluate import evaluate_run, results_table
 from sslpipe.train.checkpoint import load_checkpoint
 from sslpipe.train.config import load_config
 from sslpipe.train.loop import train
@@ -48,6 +48,8 @@ def test_eval_compares_the_run_with_a_random_backbone(run_dir, photo_shards):
     labelled = {r["finetune_0.5"]["labelled"] for r in report["results"].values()}
     assert len(labelled) == 1 and labelled.pop() >= 5  # the same subset for both, every class in it
     assert json.loads((run_dir / "eval.json").read_text()) == report
+    # The specs came from the run's eval section, at its eval.size (not guessed from a name).
+    assert (report["pipeline"], report["finetune_pipeline"], report["size"]) == ("eval", "finetune", 64)
     table = results_table(report["results"])
     assert "| kNN (k=20) top1 |" in table and "| linear probe top1 |" in table
     assert "fine-tune on 50%" in table and "| linear probe, augmented (1 epochs) top1 |" in table
@@ -80,6 +82,9 @@ def test_export_of_nothing_is_a_clear_error(tmp_path, capsys):
 
 
 def test_sslpipe_eval_prints_the_table(run_dir, photo_shards, capsys):
-    assert main(["eval", str(run_dir), "--val", photo_shards, "--linear-epochs", "2", "--no-random"]) == 0
+    assert main(["eval", str(run_dir), "--val", photo_shards, "--linear-epochs", "2", "--no-random",
+                 "--size", "32", "--finetune-pipeline", "finetune"]) == 0
     out = capsys.readouterr().out
     assert "| protocol | pretrained |" in out and "kNN (k=20)" in out
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["size"] == 32 and set(report["results"]) == {"pretrained"}

@@ -109,3 +109,22 @@ def test_accelerate_configs_load(name, kind, processes, machines):
     assert config.distributed_type.name == kind
     assert (config.num_processes, config.num_machines) == (processes, machines)
     assert config.mixed_precision == "bf16"
+
+
+def test_a_shipped_recipe_loads_by_name():
+    config = load_config("simclr_small", ["train.epochs=1"])
+    assert config.train.run == "simclr_small" and config.method_name == "simclr" and config.train.epochs == 1
+    assert config.to_dict()["method"]["name"] == "simclr"
+    with pytest.raises(SslpipeError, match="simclr_smal: no such recipe file"):
+        load_config("simclr_smal")
+
+
+def test_choices_come_from_the_registries(tmp_path, monkeypatch):
+    from sslpipe.models import BACKBONES
+    from sslpipe.optim import OPTIMIZERS
+
+    with pytest.raises(SslpipeError, match=r"model.backbone: expected one of " + ", ".join(BACKBONES)):
+        load_config(recipe(tmp_path, "method: {name: simclr}\nmodel: {backbone: vit}\n"))
+    assert tuple(OPTIMIZERS) == ("lars", "sgd")
+    monkeypatch.setitem(METHODS, "simclr2", METHODS["simclr"])  # a new method: its registry line suffices
+    assert load_config(recipe(tmp_path, "method: {name: simclr2, temperature: 0.3}\n")).method.temperature == 0.3

@@ -14,20 +14,28 @@ from sslpipe.methods import METHODS, SimCLR, Step
 from sslpipe.train.loop import train
 
 
-@pytest.mark.parametrize("method, pipeline, overrides, message", [
-    # SimCLR on one view would pair different images as positives.
-    ("simclr", "finetune", [], r"method simclr needs exactly 2 views, not 1 \(the two views of an image"),
-    # ... and on eight it would decode and augment six for nothing.
-    ("simclr", "swav_multicrop", [], r"exactly 2 views, not 8 and views of one size, not \[96, 224\] px"),
-    ("mocov2", "finetune", [], r"method mocov2 needs exactly 2 views, not 1"),
-    ("simsiam", "finetune", [], r"method simsiam needs exactly 2 views, not 1"),
-    # Codes for 3 global crops, but the spec has 2: a local crop would be taken for a global one.
-    ("swav", "small_swav_multicrop", ["method.global_crops=3"],
-     r"method swav needs at least 3 views named 'global', not 2"),
-    ("swav", "small_simclr", ["method.global_views=big"], r"at least 2 views named 'big', not none"),
-])
-def test_a_spec_that_does_not_fit_the_method_is_refused_before_any_step(photo_shards, tmp_path, method,
-                                                                        pipeline, overrides, message):
+@pytest.mark.parametrize(
+    "method, pipeline, overrides, message",
+    [
+        # SimCLR on one view would pair different images as positives.
+        ("simclr", "finetune", [], r"method simclr needs exactly 2 views, not 1 \(the two views of an image"),
+        # ... and on eight it would decode and augment six for nothing.
+        ("simclr", "swav_multicrop", [], r"exactly 2 views, not 8 and views of one size, not \[96, 224\] px"),
+        ("mocov2", "finetune", [], r"method mocov2 needs exactly 2 views, not 1"),
+        ("simsiam", "finetune", [], r"method simsiam needs exactly 2 views, not 1"),
+        # Codes for 3 global crops, but the spec has 2: a local crop would be taken for a global one.
+        (
+            "swav",
+            "small_swav_multicrop",
+            ["method.global_crops=3"],
+            r"method swav needs at least 3 views named 'global', not 2",
+        ),
+        ("swav", "small_simclr", ["method.global_views=big"], r"at least 2 views named 'big', not none"),
+    ],
+)
+def test_a_spec_that_does_not_fit_the_method_is_refused_before_any_step(
+    photo_shards, tmp_path, method, pipeline, overrides, message
+):
     with pytest.raises(SslpipeError, match=message) as error:
         train(config(method, photo_shards, tmp_path, f"data.pipeline={pipeline}", *overrides))
     assert "data.pipeline is " in str(error.value) and f"{pipeline}.yaml" in str(error.value)
@@ -39,8 +47,17 @@ def rows(run_dir):
 
 
 def test_schedule_values_are_passed_in_and_logged(photo_shards, tmp_path):
-    run_dir = train(config("mocov2", photo_shards, tmp_path, "train.max_steps=4", "method.momentum_schedule=cosine",
-                           "optim.weight_decay=0.1", "optim.final_weight_decay=0.01"))
+    run_dir = train(
+        config(
+            "mocov2",
+            photo_shards,
+            tmp_path,
+            "train.max_steps=4",
+            "method.momentum_schedule=cosine",
+            "optim.weight_decay=0.1",
+            "optim.final_weight_decay=0.01",
+        )
+    )
     logged = rows(run_dir)
     assert all({"lr", "weight_decay", "ema_momentum"} <= set(r) for r in logged)
     momentum = [r["ema_momentum"] for r in logged]
@@ -112,7 +129,8 @@ def test_features_come_in_global_index_order(photo_shards):
 
 
 def test_a_method_s_own_draws_resume_exactly_and_the_epoch_hook_is_not_rerun_mid_epoch(
-        photo_shards, tmp_path, recorder):
+    photo_shards, tmp_path, recorder
+):
     whole = train(recorder_config(photo_shards, tmp_path / "whole", "train.max_steps=7"))
     train(recorder_config(photo_shards, tmp_path / "cut", "train.max_steps=3"))
     recorder.clear()

@@ -193,9 +193,11 @@ def test_resume_refuses_an_edited_spec_naming_what_changed(photo_shards, tmp_pat
     spec.write_text((RECIPES.parent / "pipelines" / "small_simclr.yaml").read_text())
     train(config("simclr", photo_shards, tmp_path, f"data.pipeline={spec}", "train.max_steps=2"))
     spec.write_text(spec.read_text().replace("grayscale: 0.2", "grayscale: 0.3"))
-    with pytest.raises(SslpipeError, match=r"cannot resume: the pipeline spec 'small_simclr' \(.*mine.yaml\) differs "
-                                           r"from the one the saved loader ran .*views\[0\].grayscale.p: 0.2 -> 0.3"):
-        train(config("simclr", photo_shards, tmp_path, f"data.pipeline={spec}", "train.max_steps=4"), resume="auto")
+    changed = (r"cannot resume: the pipeline spec 'small_simclr' \(.*mine.yaml\) differs from the one the "
+               r"saved loader ran .*views\[0\].grayscale.p: 0.2 -> 0.3")
+    with pytest.raises(SslpipeError, match=changed):
+        train(config("simclr", photo_shards, tmp_path, f"data.pipeline={spec}", "train.max_steps=4"),
+              resume="auto")
     config_yaml = (tmp_path / "simclr_small" / "config.yaml").read_text()
     assert "fingerprint:" in config_yaml and "recipe_fingerprint:" in config_yaml
 

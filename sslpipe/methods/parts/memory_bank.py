@@ -24,7 +24,8 @@ class MemoryBank(Part):
     `per_rank=True` each process updates its own copy with its own samples, saved per process.
     """
 
-    def __init__(self, size: int, dim: int, *, per_rank: bool = False, generator: torch.Generator | None = None):
+    def __init__(self, size: int, dim: int, *, per_rank: bool = False,
+                 generator: torch.Generator | None = None):
         super().__init__(per_rank)
         if size < 1 or dim < 1:
             raise ValueError(f"a memory bank needs size >= 1 and dim >= 1, got {size} and {dim}")

@@ -42,7 +42,8 @@ class BlurOp(PhotometricOp):
         super().__init__(settings, batch_size, size, device)
         kernels = {s.kernel_for(size) for s in self.settings if s is not None}
         if len(kernels) > 1:
-            raise ValueError(f"the views of a stage that blur must share one kernel size, got {sorted(kernels)}")
+            raise ValueError(f"the views of a stage that blur must share one kernel size, "
+                             f"got {sorted(kernels)}")
         self.kernel_size = kernels.pop()
         self.low = self.per_view([s.sigma[0] if s else 1.0 for s in self.settings])
         self.high = self.per_view([s.sigma[1] if s else 1.0 for s in self.settings])

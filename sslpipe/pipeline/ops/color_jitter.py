@@ -59,7 +59,8 @@ class ColorJitterOp(PhotometricOp):
         on = u[:, 0] < self.p
         factors = {name: torch.where(on, lo + (hi - lo) * u[:, 1 + i], 1.0)
                    for i, (name, lo, hi) in enumerate(zip(STRENGTHS, self.low, self.high))}
-        return {"on": on, **factors, "hue": torch.where(on, self.hue * (2 * u[:, 4] - 1), 0.0), "order": order}
+        hue = torch.where(on, self.hue * (2 * u[:, 4] - 1), 0.0)
+        return {"on": on, **factors, "hue": hue, "order": order}
 
     def block_key(self, params):
         """(N,) int64: the order as a base-4 number, -1 where the sample is not jittered."""
