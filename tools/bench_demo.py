@@ -13,6 +13,7 @@ cores and once on 1 (a slower machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from sslpipe.demo import DEFAULT, RECIPE, run_demo  # noqa: E402
 from sslpipe.runs.evaluate import results_table  # noqa: E402
 
 BEGIN, END = "<!-- bench_demo: begin -->", "<!-- bench_demo: end -->"
+EPOCHS_BEGIN, EPOCHS_END = "<!-- bench_demo_epochs: begin -->", "<!-- bench_demo_epochs: end -->"
 
 
 def main() -> None:
@@ -44,24 +46,29 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, len(os.sched_getaffinity(0))))
     parser.add_argument("--fresh", action="store_true", help="clone HEAD and run the README's first command")
     parser.add_argument("--cores", type=int, nargs="+", help="one run on each of these numbers of cores")
+    parser.add_argument("--epochs", type=int, nargs="+",
+                        help="one run for each of these numbers of pretraining epochs (not with --fresh)")
     parser.add_argument("--doc", type=Path, default=REPO / "docs/benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.fresh and args.epochs:
+        parser.error("--fresh runs the README's command as it is: no --epochs")
 
     available = sorted(os.sched_getaffinity(0))
     runs = []
     for cores in args.cores or [len(available)]:
-        os.sched_setaffinity(0, available[:cores])  # inherited by everything it starts
-        runs.append((cores, *_run(args)))
+        for epochs in args.epochs or [None]:
+            os.sched_setaffinity(0, available[:cores])  # inherited by everything it starts
+            runs.append((cores, *_run(args, epochs)))
     os.sched_setaffinity(0, available)
     section = _section(runs, args)
     print(section)
     if not args.no_doc:
-        write_section(args.doc, BEGIN, END, section)
+        write_section(args.doc, *_markers(args), section)
         print(f"written to {args.doc}")
 
 
-def _run(args) -> tuple[float | None, float, dict]:
+def _run(args, epochs: int | None) -> tuple[float | None, float, dict]:
     """One demo from scratch: (install minutes or None, demo minutes, its eval report)."""
     with tempfile.TemporaryDirectory(prefix="sslpipe-demo-") as tmp:
         install = None
@@ -70,7 +77,8 @@ def _run(args) -> tuple[float | None, float, dict]:
             install, out = _fresh(Path(tmp))
         else:
             out = args.out or Path(tmp)
-            if run_demo(out, workers=args.workers, device=args.device) != 0:
+            settings = dataclasses.replace(DEFAULT, epochs=epochs)
+            if run_demo(out, workers=args.workers, device=args.device, settings=settings) != 0:
                 sys.exit("the demo failed")
         minutes = (time.perf_counter() - start) / 60 - (install or 0)
         run = sorted((out / "runs").glob("simclr-*"))[-1]
@@ -94,6 +102,11 @@ def _fresh(tmp: Path) -> tuple[float, Path]:
     return install, clone / "demo-out"
 
 
+def _markers(args) -> tuple[str, str]:
+    """A study of the epochs has a section of its own, beside the timing of the shipped demo."""
+    return (EPOCHS_BEGIN, EPOCHS_END) if args.epochs else (BEGIN, END)
+
+
 def _section(runs: list, args) -> str:
     import nvidia.dali
 
@@ -103,22 +116,28 @@ def _section(runs: list, args) -> str:
     what = ("the README's first command in a fresh clone (the install, then the demo)" if args.fresh
             else "`sslpipe demo` from scratch (a fresh folder)")
     report = runs[0][3]
-    rows = ["| cores | install min | demo min | total min | kNN top-1 pretrained / random | "
-            "linear top-1 pretrained / random |", "|---:|---:|---:|---:|---:|---:|"]
+    first = f"{runs[0][0]} cores, {report['epochs']} epochs"
+    rows = ["| cores | epochs | install min | demo min | total min | kNN top-1 pretrained / random | "
+            "linear top-1 pretrained / random |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for cores, install, minutes, result in runs:
         knn, linear = ([f"{result['results'][b][p]['top1']:.1f}%" for b in ("pretrained", "random")]
                        for p in ("knn", "linear"))
         total = minutes + (install or 0)
-        rows.append(f"| {cores} | {f'{install:.1f}' if install is not None else '-'} | {minutes:.1f} | "
+        rows.append(f"| {cores} | {result['epochs']} | {f'{install:.1f}' if install is not None else '-'} | "
+                    f"{minutes:.1f} | "
                     f"{total:.1f} | {' / '.join(knn)} | {' / '.join(linear)} |")
+    begin, end = _markers(args)
+    title = ("The demo's length: pretraining epochs against accuracy" if args.epochs
+             else "The demo: SimCLR pretraining against random initialisation")
     return "\n".join([
-        BEGIN,
-        "## The demo: SimCLR pretraining against random initialisation",
+        begin,
+        f"## {title}",
         "",
-        f"Timed: {what}, once per number of cores (fewer cores: a slower machine; pip's cache may make "
-        "the install faster than a first one). Digits on photos, "
+        f"Timed: {what}, once per setting (fewer cores: a slower machine"
+        + ("; pip's cache may make the install faster than a first one" if args.fresh else "")
+        + "). Digits on photos, "
         f"{settings.train_per_class} train + {settings.val_per_class} val images per digit at "
-        f"{settings.size} px; SimCLR ResNet-18 for {report['epochs']} epochs (`recipes/{RECIPE}.yaml`"
+        f"{settings.size} px; SimCLR ResNet-18 (`recipes/{RECIPE}.yaml`"
         + "".join(f", `{o}`" for o in settings.overrides) + "); evaluated on the val split (held out: other "
         "handwritten bitmaps) with frozen features: weighted kNN (cosine, T=0.07) and a linear probe "
         f"({settings.linear_epochs} epochs). The random backbone is the same ResNet-18, freshly "
@@ -126,14 +145,14 @@ def _section(runs: list, args) -> str:
         "",
         *rows,
         "",
-        f"The first run's table ({runs[0][0]} cores):",
+        f"The first run's table ({first}):",
         "",
         results_table(report["results"]),
         "",
         f"- Machine: {cpu_name()}{gpu}; {platform.platform()}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, DALI {nvidia.dali.__version__}",
         f"- Command: `{command}`",
-        END,
+        end,
     ])
 
 

@@ -127,4 +127,5 @@ def test_choices_come_from_the_registries(tmp_path, monkeypatch):
         load_config(recipe(tmp_path, "method: {name: simclr}\nmodel: {backbone: vit}\n"))
     assert tuple(OPTIMIZERS) == ("lars", "sgd")
     monkeypatch.setitem(METHODS, "simclr2", METHODS["simclr"])  # a new method: its registry line suffices
-    assert load_config(recipe(tmp_path, "method: {name: simclr2, temperature: 0.3}\n")).method.temperature == 0.3
+    config = load_config(recipe(tmp_path, "method: {name: simclr2, temperature: 0.3}\n"))
+    assert config.method_name == "simclr2" and config.method.temperature == 0.3
