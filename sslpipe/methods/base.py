@@ -146,8 +146,9 @@ def health_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def encode_groups(encoder: nn.Module, batch: Batch) -> list[torch.Tensor]:
-    """`encoder` on every view, one call per size group (SwAV's multi-crop: one for the 224s, one
-    for the 96s); returns one (B, F) tensor per view, in view order."""
+    """`encoder` on every view, one call per size group of the batch (SwAV's multi-crop: one for
+    the 224s, one for the 96s; views of one size whose ops need other static settings, such as two
+    blur kernel sizes, form groups of their own); returns one (B, F) tensor per view, in view order."""
     outputs: list[torch.Tensor | None] = [None] * len(batch.views)
     for group in batch.groups:
         for i, features in zip(group.views, encoder(group.images).chunk(len(group.views))):

@@ -40,7 +40,8 @@ class Batch:
     # bool flips; None unless the loader was made with windows=True.
     windows: list[torch.Tensor] | None = None
     flips: list[torch.Tensor] | None = None
-    _keys: Callable[[], list[str]] | list[str] = field(default=list, repr=False)
+    # The keys, or a function that looks them up (called on the first access of `keys`).
+    _keys: Callable[[], list[str]] | list[str] = field(default_factory=list, repr=False)
 
     @property
     def size(self) -> int:

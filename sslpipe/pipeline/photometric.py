@@ -62,6 +62,8 @@ class PhotometricStage:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
         if strategy not in ("auto", "select", "blocks"):
             raise ValueError(f"strategy must be auto, select or blocks, got {strategy!r}")
+        if strategy == "blocks" and torch.device(device).type != "cpu":
+            raise ValueError("strategy='blocks' is the CPU's (it gathers samples by host-side counts)")
         self.views, self.batch_size, self.device = views, batch_size, torch.device(device)
         self.size, self.n = views[0].size, len(views) * batch_size
         self.dtype, self.channels_last = dtype, channels_last

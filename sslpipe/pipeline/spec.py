@@ -22,6 +22,7 @@ import yaml
 from sslpipe.errors import SslpipeError
 from sslpipe.files import shipped_folder
 from sslpipe.pipeline.ops import OPS, Blur, ColorJitter, Grayscale, Solarize
+from sslpipe.pipeline.ops.base import probability
 from sslpipe.pipeline.ops.kornia_transforms import KorniaTransform, parse_kornia
 from sslpipe.typed import build
 
@@ -31,11 +32,6 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 __all__ = ["Blur", "ColorJitter", "Grayscale", "KorniaTransform", "Normalize", "PipelineSpec", "Solarize",
            "ViewSpec", "load_spec", "parse_spec", "shipped_specs"]
-
-
-def _probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
 
 
 def _range(name: str, values: tuple[float, float], low: float, high: float) -> None:
@@ -93,7 +89,7 @@ class ViewSpec:
         _range("ratio", self.ratio, 0.0, math.inf)
         if self.resize is not None and self.resize < self.size:
             raise ValueError(f"resize ({self.resize}) must be >= size ({self.size})")
-        _probability("flip", self.flip)
+        probability("flip", self.flip)
         by_class = {op.Settings: key for key, op in OPS.items()}
         keys = []
         for settings in self.ops:
@@ -188,17 +184,26 @@ class PipelineSpec:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     def resized(self, size: int) -> PipelineSpec:
-        """The spec at another size: every view scaled by `size / views[0].size` (a center crop's
-        `resize` with it, so it cuts the same share of the image); its name gains `@size`."""
+        """The spec at another size: every view scaled by `size / views[0].size`, a center crop's
+        `resize` with it (so it cuts the same share of the image) and an explicit blur kernel size
+        too (odd, at least 3); its name gains `@size`."""
         if size < 1:
             raise SslpipeError(f"a spec's size must be >= 1, got {size}")
         factor = size / self.views[0].size
+
         def scaled(g: ViewSpec) -> ViewSpec:
             resize = max(1, round(g.resize_to * factor)) if g.crop == "center" else g.resize
-            return dataclasses.replace(g, size=max(1, round(g.size * factor)), resize=resize)
+            ops = tuple(dataclasses.replace(s, kernel_size=_odd(s.kernel_size * factor))
+                        if isinstance(s, Blur) and s.kernel_size is not None else s for s in g.ops)
+            return dataclasses.replace(g, size=max(1, round(g.size * factor)), resize=resize, ops=ops)
 
         groups = tuple(scaled(g) for g in self.groups)
         return dataclasses.replace(self, name=f"{self.name}@{size}", groups=groups)
+
+
+def _odd(value: float) -> int:
+    """The odd integer nearest to `value`, at least 3 (a blur kernel's size)."""
+    return max(3, 2 * round((value - 1) / 2) + 1)
 
 
 def _settings_of(settings: type, value):

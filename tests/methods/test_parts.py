@@ -123,3 +123,11 @@ def test_a_deep_copied_method_s_momentum_encoder_follows_the_copy_s_online_modul
     twin.target.update(0.0)
     assert torch.equal(twin.target["head"].weight, twin.head.weight)
     assert not torch.equal(holder.target["head"].weight, twin.head.weight)
+
+
+def test_a_per_rank_state_without_one_of_its_buffers_is_refused():
+    queue = FeatureQueue(4, 2, per_rank=True)
+    state = queue.rank_state_dict()
+    del state["filled"]
+    with pytest.raises(ValueError, match="the saved per-process state lacks filled"):
+        FeatureQueue(4, 2, per_rank=True).load_rank_state_dict(state)

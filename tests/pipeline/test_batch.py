@@ -10,7 +10,7 @@ from test_loader import copy_shards, crop_only, measured_windows
 from sslpipe.errors import SslpipeError
 from sslpipe.pipeline.loader import ViewLoader
 from sslpipe.pipeline.shardlist import resolve_shards
-from sslpipe.pipeline.spec import parse_spec
+from sslpipe.pipeline.spec import load_spec, parse_spec
 from sslpipe.shards.writer import ShardWriter, read_index
 
 
@@ -150,3 +150,20 @@ def test_a_label_that_is_not_an_integer_names_shard_and_key_and_stops_the_loader
         list(loader)
     with pytest.raises(SslpipeError, match="this loader stopped on an error"):
         list(loader)
+
+
+@pytest.mark.parametrize("size", [48, 16])
+def test_a_multi_size_spec_rescaled_keeps_its_proportions_and_runs(coordinate_shards, size):
+    spec = load_spec("swav_multicrop", size=size)
+    (global_view, local_view) = spec.groups
+    assert global_view.size == size and local_view.size == round(96 * size / 224)
+    # The local views' explicit 23 taps (the global views' 10%) scale with them.
+    assert local_view.blur.kernel_for(local_view.size) == global_view.blur.kernel_for(global_view.size)
+    batch = next(iter(ViewLoader(spec, coordinate_shards, batch_size=4)))
+    assert [v.shape[-1] for v in batch.views] == [global_view.size] * 2 + [local_view.size] * 6
+
+
+def test_a_blur_kernel_larger_than_the_view_is_a_clear_error(coordinate_shards):
+    spec = parse_spec({"views": [{"name": "v", "size": 8, "blur": {"kernel_size": 23}}]}, "mine.yaml")
+    with pytest.raises(SslpipeError, match=r"mine.yaml: a blur kernel of 23 taps does not fit a 8-px view"):
+        ViewLoader(spec, coordinate_shards, batch_size=4)

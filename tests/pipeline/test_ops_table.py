@@ -148,12 +148,27 @@ def test_kornia_transforms_are_checked_when_the_spec_is_read():
             parse_spec(kornia_view(transforms), "mine.yaml")
 
 
-def test_a_kornia_transform_that_changes_the_shape_is_refused():
+def test_a_kornia_transform_that_does_not_fit_the_view_is_refused_naming_the_spec(
+    coordinate_shards, monkeypatch
+):
     spec = parse_spec(kornia_view([{"RandomCrop": {"size": [8, 8]}}]), "mine.yaml")
     with pytest.raises(
-        SslpipeError, match=r"view 'v': kornia.augmentation.RandomCrop\(size=\(8, 8\)\) changes"
+        SslpipeError, match=r"mine.yaml: view 'v': kornia.augmentation.RandomCrop\(size=\(8, 8\)\) changes"
     ):
-        PhotometricStage(spec.views, 4, "cpu")
+        ViewLoader(spec, coordinate_shards, batch_size=4)
+
+    # A transform that fails on the view (one of Kornia's own checks) is refused the same way.
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("input too small")
+
+    monkeypatch.setattr(kornia.augmentation.RandomInvert, "forward", refuse)
+    spec = parse_spec(kornia_view(["RandomInvert"]), "mine.yaml")
+    with pytest.raises(
+        SslpipeError,
+        match=r"mine.yaml: view 'v': kornia.augmentation.RandomInvert\(\) fails on a "
+        r"16-px view: RuntimeError: input too small",
+    ):
+        ViewLoader(spec, coordinate_shards, batch_size=4)
 
 
 def test_kornia_transforms_run_after_the_table_ops_seeded_by_the_batch():

@@ -349,3 +349,8 @@ def test_cpu_stage_runs_on_one_thread_and_restores_the_count(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_blocks_strategy_is_for_the_cpu_only():
+    with pytest.raises(ValueError, match="strategy='blocks' is the CPU's"):
+        PhotometricStage([view()], 2, "cuda", strategy="blocks")

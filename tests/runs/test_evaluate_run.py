@@ -9,7 +9,10 @@ from safetensors.torch import load_file
 
 from sslpipe.cli import main
 from sslpipe.errors import SslpipeError
+from sslpipe.eval import features as features_module
+from sslpipe.eval import finetune as finetune_module
 from sslpipe.models import resnet18
+from sslpipe.pipeline.loader import ViewLoader
 from sslpipe.runs.evaluate import evaluate_run, results_table
 from sslpipe.train.checkpoint import load_checkpoint
 from sslpipe.train.config import load_config
@@ -38,9 +41,21 @@ def test_the_online_knn_is_logged_after_every_epoch(run_dir):
     assert knn[-1]["step"] == rows[-1]["step"]
 
 
-def test_eval_compares_the_run_with_a_random_backbone(run_dir, photo_shards):
+def test_eval_compares_the_run_with_a_random_backbone(run_dir, photo_shards, monkeypatch):
+    specs = []  # the specs the protocols' loaders really ran
+
+    class Recording(ViewLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            specs.append((self.spec.name, self.spec.views[0].size))
+
+    for module in (features_module, finetune_module):
+        monkeypatch.setattr(module, "ViewLoader", Recording)
     report = evaluate_run(run_dir, val=photo_shards, semisup=(0.5,), linear_epochs=5, finetune_epochs=1,
                           augmented_probe_epochs=1, device="cpu")
+    # The run's eval section: `eval` for features, `finetune` for training through the backbone, both
+    # at the recipe's eval.size of 64 (not the specs' own 224).
+    assert set(specs) == {("eval@64", 64), ("finetune@64", 64)}
     assert set(report["results"]) == {"pretrained", "random"}
     for result in report["results"].values():
         assert set(result) == {"knn", "linear", "linear_augmented", "finetune_0.5"}

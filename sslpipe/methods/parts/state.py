@@ -35,6 +35,9 @@ class Part(nn.Module):
 
     def load_rank_state_dict(self, state: dict) -> None:
         if self.per_rank:
+            missing = sorted({name for name, _ in self.named_buffers(recurse=False)} - set(state))
+            if missing:
+                raise ValueError(f"the saved per-process state lacks {', '.join(missing)}")
             for name, buffer in self.named_buffers(recurse=False):
                 saved = state[name]
                 if saved.shape != buffer.shape:

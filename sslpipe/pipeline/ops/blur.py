@@ -32,7 +32,7 @@ class Blur:
         """The kernel size: as set, or the odd number nearest to 10% of `size` (at least 3)."""
         if self.kernel_size is not None:
             return self.kernel_size
-        return max(3, 2 * round((size * 0.1 - 1) / 2) + 1)
+        return max(3, 2 * round((size * 0.1 - 1) / 2) + 1)  # the odd number nearest to size / 10
 
 
 class BlurOp(PhotometricOp):
@@ -45,6 +45,9 @@ class BlurOp(PhotometricOp):
             raise ValueError(f"the views of a stage that blur must share one kernel size, "
                              f"got {sorted(kernels)}")
         self.kernel_size = kernels.pop()
+        if self.kernel_size // 2 >= size:  # reflect padding needs a margin smaller than the view
+            raise ValueError(f"a blur kernel of {self.kernel_size} taps does not fit a {size}-px view: "
+                             f"set the view's blur.kernel_size below {2 * size}")
         self.low = self.per_view([s.sigma[0] if s else 1.0 for s in self.settings])
         self.high = self.per_view([s.sigma[1] if s else 1.0 for s in self.settings])
 

@@ -85,12 +85,16 @@ class KorniaStage:
         probe = torch.rand(2, 3, size, size, device=self.device, generator=torch.Generator(self.device))
         for view, transforms in zip(views, self.transforms):
             for spec, module in transforms:
-                with seeded_rng(0, self.device):
-                    shape = tuple(module(probe).shape)
+                try:
+                    with seeded_rng(0, self.device):
+                        shape = tuple(module(probe).shape)
+                except Exception as e:  # Kornia's own checks on the input (a size, a dtype, ...)
+                    raise ValueError(f"view {view.name!r}: kornia.augmentation.{spec} fails on a "
+                                     f"{size}-px view: {type(e).__name__}: {e}") from None
                 if shape != tuple(probe.shape):
-                    raise SslpipeError(f"view {view.name!r}: kornia.augmentation.{spec} changes the view's "
-                                       f"shape {tuple(probe.shape[1:])} to {shape[1:]}: only transforms "
-                                       f"that keep it fit a view")
+                    raise ValueError(f"view {view.name!r}: kornia.augmentation.{spec} changes the view's "
+                                     f"shape {tuple(probe.shape[1:])} to {shape[1:]}: only transforms "
+                                     f"that keep it fit a view")
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """float32 (N, 3, H, W) in [0, 1] -> the same, each view's rows through its transforms."""
