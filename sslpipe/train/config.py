@@ -3,8 +3,9 @@
     config = load_config("recipes/simclr_small.yaml", ["optim.lr=0.5", "train.epochs=2"])
 
 A recipe (YAML) overrides the defaults below; an override replaces one value, given in YAML
-syntax (`data.batch_size=512`, `method.projector=[2048,128]`). Every key and value is checked
-against its field's type, and an error names the file or override and the key at fault.
+syntax (`data.batch_size=512`, `method.projector=[2048,128]`), each key at most once (a second
+override of a key is refused, not left to win). Every key and value is checked against its
+field's type, and an error names the file or override and the key at fault.
 The `method` section's fields depend on `method.name` (each method declares its own `Config`).
 The choices of `method.name`, `model.backbone` and `optim.name` are the keys of their registries
 (`sslpipe.methods.METHODS`, `sslpipe.models.BACKBONES`, `sslpipe.optim.OPTIMIZERS`).
@@ -160,8 +161,13 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
             raise SslpipeError(f"{path}: a recipe is a mapping of sections (method, {', '.join(SECTIONS)})")
     run = Path(recipe).stem if recipe else "run"
     config = parse_config(data, source, run)
+    given = {}  # section.key -> the override that set it
     for override in overrides:  # checked one by one, so that an error names the override at fault
-        _apply_override(data, override)
+        key = _apply_override(data, override)
+        if key in given:  # the last would win without a word, whichever the user meant
+            raise SslpipeError(f"override {override!r}: {key}: already set by override {given[key]!r} "
+                               f"(give each key once)")
+        given[key] = override
         config = parse_config(data, f"override {override!r}", run)
     return config
 
@@ -184,8 +190,8 @@ def parse_config(data: dict, source: str, default_run: str = "run") -> Config:
     return Config(method_name=name, method=build(METHODS[name].Config, method, "method", source), **sections)
 
 
-def _apply_override(data: dict, override: str) -> None:
-    """`section.key=value` (value in YAML syntax) into the nested mapping `data`."""
+def _apply_override(data: dict, override: str) -> str:
+    """`section.key=value` (value in YAML syntax) into the nested mapping `data`; returns `section.key`."""
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
@@ -202,3 +208,4 @@ def _apply_override(data: dict, override: str) -> None:
     if not isinstance(current, dict):
         raise SslpipeError(f"override {override!r}: {section} is not a mapping in the recipe")
     current[name] = value
+    return f"{section}.{name}"

@@ -89,6 +89,25 @@ def test_bad_overrides_name_the_override_and_key(override, message):
         load_config(ROOT / "recipes" / "simclr_small.yaml", [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=0.1", "optim.lr=0.2"],
+     r"override 'optim.lr=0.2': optim.lr: already set by override 'optim.lr=0.1' \(give each key once\)"),
+    (["optim.lr=0.1", "train.epochs=2", " optim.lr=0.1"],  # the same value too: one of them is a slip
+     r"override ' optim.lr=0.1': optim.lr: already set by override 'optim.lr=0.1'"),
+    (["data.train=a-000000.tar", "data.train=a-000001.tar"],  # a brace list split by a shell
+     r"data.train: already set by override 'data.train=a-000000.tar'"),
+    (["method.temperature=0.2", "method.temperature=0.3"], r"method.temperature: already set"),
+])
+def test_a_key_overridden_twice_is_refused_naming_both(overrides, message):
+    with pytest.raises(SslpipeError, match=message):
+        load_config(ROOT / "recipes" / "simclr_small.yaml", overrides)
+
+
+def test_overrides_of_different_keys_in_one_section_combine():
+    config = load_config(ROOT / "recipes" / "simclr_small.yaml", ["optim.lr=0.2", "optim.momentum=0.8"])
+    assert (config.optim.lr, config.optim.momentum) == (0.2, 0.8)
+
+
 def test_a_missing_recipe_is_named(tmp_path):
     with pytest.raises(SslpipeError, match="nowhere.yaml: no such recipe file"):
         load_config(tmp_path / "nowhere.yaml")
