@@ -2,8 +2,12 @@
 standard per-sample PIL (or torchvision) DataLoader on the same shards.
 
     python tools/bench_pipeline.py [--shards 'out/train-*.tar'] [--device cpu cuda] [--batch-size 64]
+        [--images N | --train-per-class N] [--jpeg-quality 94]
 
-Without `--shards`, builds an ImageNet-like fixture (~90 KB real-photo JPEGs) and converts it.
+Without `--shards`, builds an ImageNet-like fixture of real-photo baseline JPEGs and converts it:
+`--images` of them (default: max(600, 8 x batch size), so that an epoch holds at least 8
+batches and a loader rebuilds its DALI pipeline, once per epoch, no more often than every 8
+batches), of `--jpeg-quality` (90: ~90 KB; 94: ~110 KB, ImageNet's mean).
 Each measurement runs `--batches` batches after `--warmup` batches (worker and pipeline start-up
 excluded) and counts source images (one image gives all the views of its spec); the loaders take
 turns `--repeats` times and each one's median is kept. Prints a table
@@ -26,7 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from benchdoc import cpu_name, endless, fixture_shards, write_section  # noqa: E402  (tools/, beside this script)
+from benchdoc import (  # noqa: E402  (tools/, beside this script)
+    cpu_name,
+    endless,
+    fixture_shards,
+    mean_jpeg_kb,
+    write_section,
+)
 from pil_baseline import baseline_loader, torchvision_available  # noqa: E402
 
 from sslpipe.pipeline.loader import ViewLoader  # noqa: E402
@@ -34,12 +44,20 @@ from sslpipe.pipeline.spec import load_spec  # noqa: E402
 
 BEGIN, END = "<!-- bench_pipeline: begin -->", "<!-- bench_pipeline: end -->"
 SPECS = ["simclr", "mocov2", "byol", "swav_multicrop", "eval"]
+CLASSES = 6  # of the fixture
+MIN_BATCHES = 8  # per epoch, in the default fixture
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", help="shard pattern (default: build and convert a fixture)")
-    parser.add_argument("--train-per-class", type=int, default=100, help="fixture size (6 classes)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--images", type=int,
+                      help=f"fixture images (default: max(600, {MIN_BATCHES} x batch size), rounded up to "
+                           f"{CLASSES} classes)")
+    size.add_argument("--train-per-class", type=int, help=f"fixture images per class ({CLASSES} classes)")
+    parser.add_argument("--jpeg-quality", type=int, default=90,
+                        help="fixture JPEG quality (90: ~90 KB; 94: ~110 KB, ImageNet's mean)")
     parser.add_argument("--specs", nargs="+", default=SPECS)
     parser.add_argument("--device", nargs="+",
                         default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -48,24 +66,32 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=4, help="batches before each timed run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed runs (median kept)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="DALI CPU threads")
+    parser.add_argument("--threads", type=int,
+                        help="DALI CPU threads (default: the loader's: the cores, at most 8 on a GPU)")
     parser.add_argument("--baseline-workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--doc", type=Path, default=REPO / "docs/benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.train_per_class is None:
+        images = args.images or max(600, MIN_BATCHES * args.batch_size)
+        args.train_per_class = -(-images // CLASSES)
 
     with tempfile.TemporaryDirectory(prefix="sslpipe-bench-") as tmp:
-        pattern = args.shards or fixture_shards(Path(tmp), args.train_per_class)
+        pattern = args.shards or fixture_shards(Path(tmp), args.train_per_class, args.jpeg_quality)
+        args.jpeg_kb = mean_jpeg_kb(pattern)
         rows = []
         for name in args.specs:
             spec = load_spec(name)
             streams = {}
             for device in args.device:
                 for decode in args.decode:
-                    streams[f"{device} {decode}"] = endless(ViewLoader(
-                        spec, pattern, args.batch_size, device=device, decode=decode,
-                        num_threads=args.threads, train=name != "eval"))
+                    loader = ViewLoader(spec, pattern, args.batch_size, device=device, decode=decode,
+                                        num_threads=args.threads, train=name != "eval")
+                    if len(loader) < MIN_BATCHES:
+                        print(f"note: {name} {device}: {len(loader)} batches per epoch; each epoch builds a "
+                              f"new DALI pipeline (more images: --images)", flush=True)
+                    streams[f"{device} {decode}"] = endless(loader)
             if not args.no_baseline:
                 baseline = baseline_loader(spec, pattern, args.batch_size, args.baseline_workers,
                                            torchvision_available())
@@ -130,11 +156,13 @@ def _section(rows, args) -> str:
                 else "PIL operations written as torchvision's PIL path does them "
                      "(torchvision does not import here)")
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    threads = f"{args.threads} threads" if args.threads else "the loader's default threads"
     command = "python tools/bench_pipeline.py " + shlex.join(
-        [*(["--shards", args.shards] if args.shards else ["--train-per-class", str(args.train_per_class)]),
+        [*(["--shards", args.shards] if args.shards else ["--train-per-class", str(args.train_per_class),
+                                                           "--jpeg-quality", str(args.jpeg_quality)]),
          "--device", *args.device, "--decode", *args.decode, "--batch-size", str(args.batch_size),
          "--batches", str(args.batches), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-         "--threads", str(args.threads),
+         *(["--threads", str(args.threads)] if args.threads else []),
          "--baseline-workers", str(args.baseline_workers)])
     return "\n".join([
         BEGIN,
@@ -143,11 +171,13 @@ def _section(rows, args) -> str:
         f"Batches of {args.batch_size} source images, {args.batches} timed after {args.warmup} warm-up "
         f"batches, the loaders taking turns {args.repeats} times (median shown); every image gives all "
         "of its spec's views (SwAV: 8). sslpipe: DALI reads, decodes and "
-        f"crops ({args.threads} threads; `once`: one decode per image, `roi`: one region decode per "
-        "view), then the photometric stage augments the batch (torch ops on CPU tensors for `cpu`). "
+        f"crops ({threads}; `once`: one decode per image, `roi`: one region decode per view), then "
+        "the photometric stage augments the batch (torch ops on CPU tensors for `cpu`). "
         f"Baseline: a DataLoader with {args.baseline_workers} worker processes reading the same shards "
         f"with webdataset, decoding with PIL and augmenting each sample with {baseline}. Shards: "
-        + ("ImageNet-like fixture of ~90 KB real-photo JPEGs." if not args.shards else f"`{args.shards}`.")
+        + (f"ImageNet-like fixture of {CLASSES * args.train_per_class} real-photo baseline JPEGs"
+           if not args.shards else f"`{args.shards}`")
+        + f" (mean JPEG {args.jpeg_kb:.0f} KB)."
         + " The baseline's blur is PIL's box-filter approximation of a Gaussian; sslpipe convolves "
         "with the exact Gaussian kernel of the spec (23 taps at 224 px), as torchvision's tensor "
         "blur does.",

@@ -29,17 +29,29 @@ def write_section(doc: Path, begin: str, end: str, section: str) -> None:
     doc.write_text(text)
 
 
-def fixture_shards(tmp: Path, per_class: int) -> str:
-    """Shards of an ImageNet-like fixture (6 classes of real-photo JPEGs, ~90 KB) built in `tmp`."""
+def fixture_shards(tmp: Path, per_class: int, quality: int = 90) -> str:
+    """Shards of an ImageNet-like fixture built in `tmp`: 6 classes of real-photo baseline JPEGs
+    of `quality` (90: ~90 KB; 94: ~110 KB, ImageNet's mean)."""
     from sslpipe.fixtures.imagenet import build_imagenet_fixture
     from sslpipe.shards import ConvertOptions, convert_split, imagenet_splits
 
-    print(f"building a fixture of {6 * per_class} images ...", flush=True)
+    print(f"building a fixture of {6 * per_class} images (JPEG quality {quality}) ...", flush=True)
     build_imagenet_fixture(tmp / "imagenet", num_classes=6, train_per_class=per_class, val_per_class=1,
-                           quirks=False, progress=True)
+                           quirks=False, progress=True, quality=quality)
     for source in imagenet_splits(tmp / "imagenet", ["train"]):
         convert_split(source, tmp / "shards", ConvertOptions(shard_samples=100), workers=2, progress=False)
     return str(tmp / "shards" / "train-*.tar")
+
+
+def mean_jpeg_kb(pattern: str) -> float:
+    """The mean size of the `.jpg` members of the shards matching `pattern`, in KB (from their indexes)."""
+    import glob
+
+    from sslpipe.shards.writer import read_index
+
+    sizes = [size for tar in glob.glob(pattern) for sample in read_index(Path(tar).with_suffix(".idx"))
+             for ext, _, size, _ in sample if ext == "jpg"]
+    return sum(sizes) / max(1, len(sizes)) / 1e3
 
 
 def endless(loader):

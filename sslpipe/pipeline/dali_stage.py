@@ -25,18 +25,43 @@ class DecoderOptions:
 
     `hw_decoder_load` is the share of images sent to the hardware JPEG decoder (A100/H100) rather
     than the CUDA one; the hints preallocate its buffers for images up to that size, and the
-    paddings grow device and pinned host buffers in steps to avoid reallocations.
+    paddings grow device and pinned host buffers in steps to avoid reallocations. `affine` pins
+    the decoder's own threads to cores.
+
+    The defaults are those of DALI's ImageNet ResNet-50 examples (docs/examples/use_cases/ in
+    DALI's repository): the paddings of the PyTorch one, the hints of the TensorFlow one (its
+    largest ImageNet image, 5980x6430), so that no ImageNet JPEG makes the decoder reallocate
+    mid-epoch. Their cost, per decoder operator (`decode="roi"` has one per random view): DALI
+    preallocates, per pipeline thread, one device buffer and two pinned host buffers of the
+    paddings' size, 201 MiB + 2 x 134 MiB; at the 8 threads a CUDA loader takes by default, 1.6 GiB
+    of GPU memory and 2.1 GiB of pinned host memory per GPU. The hints size the hardware decoder's
+    pool for a whole batch (nvImageCodec's `preallocate_batch_size` is the batch size), of a size
+    DALI does not document. Where memory is short (or the shards were converted with
+    `--max-side`), smaller values only cost reallocations; DALI's own defaults are 0 hints and
+    16 MiB / 8 MiB paddings.
     """
 
     hw_decoder_load: float = 0.9
-    preallocate_width_hint: int = 0
-    preallocate_height_hint: int = 0
-    device_memory_padding: int = 16 << 20
-    host_memory_padding: int = 8 << 20
+    preallocate_width_hint: int = 5980
+    preallocate_height_hint: int = 6430
+    device_memory_padding: int = 211025920
+    host_memory_padding: int = 140544512
+    # DALI's default is True: the mixed decoder's own thread pool then narrows every thread to the
+    # cores NVML deems closest to the GPU (or one core each of DALI_AFFINITY_MASK), so on a node
+    # shared by several ranks their threads pile onto the same cores instead of the cores Slurm or
+    # the launcher gave each rank.
+    affine: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
+
+    def dali_args(self) -> dict:
+        """The keyword arguments of DALI's mixed decoders (`decoders.image`, `image_slice`, ...)."""
+        return dict(hw_decoder_load=self.hw_decoder_load, preallocate_width_hint=self.preallocate_width_hint,
+                    preallocate_height_hint=self.preallocate_height_hint,
+                    device_memory_padding=self.device_memory_padding,
+                    host_memory_padding=self.host_memory_padding, affine=self.affine)
 
 
 @dataclass(frozen=True)
@@ -73,11 +98,7 @@ def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device:
     interp = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR,
               "bicubic": types.INTERP_CUBIC, "lanczos": types.INTERP_LANCZOS3}
     decode_device = "mixed" if device == "gpu" else "cpu"
-    gpu_hints = dict(
-        hw_decoder_load=decoder.hw_decoder_load, preallocate_width_hint=decoder.preallocate_width_hint,
-        preallocate_height_hint=decoder.preallocate_height_hint,
-        device_memory_padding=decoder.device_memory_padding,
-        host_memory_padding=decoder.host_memory_padding) if device == "gpu" else {}
+    gpu_hints = decoder.dali_args() if device == "gpu" else {}
 
     def center(image, view: ViewSpec):
         image = fn.resize(image, resize_shorter=view.resize_to, interp_type=interp[view.interpolation])
@@ -106,14 +127,19 @@ def build_pipeline(spec: PipelineSpec, plan: EpochPlan, batch_size: int, device:
                               roi_start=start, roi_end=start + fn.cast(shape, dtype=types.FLOAT))
         return image, anchor, shape
 
+    # set_affinity=False (DALI 2.4's default, said so that a new default cannot pin): pinning the
+    # pipeline's threads to the cores NVML picks for the GPU fights Slurm's and torchrun's binding.
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=plan.seed,
-                  prefetch_queue_depth=prefetch, enable_checkpointing=True)
+                  prefetch_queue_depth=prefetch, enable_checkpointing=True, set_affinity=False)
     def epoch_pipeline():
         jpegs, labels = fn.readers.webdataset(
             paths=list(plan.tars), index_paths=list(plan.indexes), ext=["jpg", "cls"], name="reader",
             shard_id=plan.rank, num_shards=plan.world_size, random_shuffle=plan.shuffle,
             initial_fill=plan.shuffle_buffer, pad_last_batch=True, missing_component_behavior="error")
-        sources = fn.get_property(jpegs, key="source_info")
+        # Zero-padded to the batch's longest: one (B, width) uint8 CPU array each, which the loader
+        # parses without a loop per sample.
+        sources = fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0)
+        labels = fn.pad(labels, fill_value=0)
         cache = {}
 
         def decoded():  # decoded once, on first use, for every view that crops the whole image

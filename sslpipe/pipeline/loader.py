@@ -7,8 +7,9 @@
             ...
 
 Stages, top to bottom: shard list (checked) -> DALI (read, decode, crop, flip; one pipeline
-per epoch) -> uint8 views grouped by size -> photometric stage (the op table, Kornia transforms,
-normalize) -> `Batch` (views, size groups, labels, global sample index, lazy keys).
+per epoch, the next one built on a thread while an epoch ends) -> uint8 views grouped by size ->
+photometric stage (the op table, Kornia transforms, normalize) -> `Batch` (views, size groups,
+labels, global sample index, lazy keys).
 
 Epoch semantics: every rank gets `len(loader)` batches per epoch, no sample twice in an epoch.
 Training drops each rank's remainder (at most `batch_size` samples); evaluation (`train=False`)
@@ -17,8 +18,10 @@ keeps it, so a rank's last batch may be short (even empty when ranks differ by o
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +30,13 @@ from einops import rearrange
 
 from sslpipe import distributed, seeds
 from sslpipe.errors import SslpipeError
+from sslpipe.pipeline import gpu_setup
 from sslpipe.pipeline.batch import Batch, SizeGroup
 from sslpipe.pipeline.dali_stage import DecodeMode, DecoderOptions, EpochPlan, build_pipeline
 from sslpipe.pipeline.diagnose import diagnose_failure
 from sslpipe.pipeline.ops import OPS
 from sslpipe.pipeline.photometric import PhotometricStage
-from sslpipe.pipeline.shardlist import SampleIndex, Shard, rank_range, resolve_shards
+from sslpipe.pipeline.shardlist import SampleIndex, Shard, cls_values, rank_range, resolve_shards
 from sslpipe.pipeline.spec import PipelineSpec, differences, load_spec
 
 STATE_VERSION = 2
@@ -54,7 +58,8 @@ class ViewLoader:
         dtype, channels_last: of the returned views (float32 or bfloat16).
         normalize: `False` returns views in [0, 1] (for looking at them).
         decode: `"once"` (decode, then crop per view) or `"roi"` (decode each view's region).
-        num_threads: DALI CPU threads (default: this process's share of the cores).
+        num_threads: DALI CPU threads (default: this process's share of the cores, at most
+            `GPU_THREADS` on a GPU).
         shuffle_buffer: samples DALI shuffles among while reading (the shards are pre-shuffled).
         windows: also return each view's crop window and flip (`Batch.windows`, `Batch.flips`);
             random crops are then drawn by DALI's `random_crop_generator` (the same distribution
@@ -82,7 +87,9 @@ class ViewLoader:
         self.batch_size, self.seed, self.train = batch_size, seed, train
         self.decode, self.decoder, self.prefetch = decode, decoder, prefetch
         self.shuffle_buffer, self.windows = shuffle_buffer, windows
-        self.num_threads = num_threads or _default_threads()
+        self.num_threads = num_threads or _default_threads(self.device)
+        if self.device.type == "cuda":  # NPP loadable; "roi" only where ROI decoding checks out
+            self.decode = gpu_setup.check_gpu_pipeline(self.shards[0], decode, self.device.index, decoder)
         self.samples = SampleIndex(self.shards)
         self.num_samples = len(self.samples)
         self._len = self._batches_per_epoch()
@@ -95,6 +102,7 @@ class ViewLoader:
             raise SslpipeError(f"{self.spec.source}: {e}") from None
         self.epoch, self._position = 0, 0
         self._pipe, self._pipe_epoch, self._checkpoint = None, None, None
+        self._ahead: _Ahead | None = None  # the next epoch's pipeline, building or built (see `__iter__`)
         self._failed: str | None = None  # why the loader stopped; it cannot go on from there
         self._held = None  # the last batch's DALI outputs (see `_run`)
 
@@ -108,20 +116,27 @@ class ViewLoader:
         self._check_usable()
         if epoch != self.epoch:
             self.epoch, self._position, self._pipe, self._checkpoint = epoch, 0, None, None
+            if self._ahead is not None and self._ahead.epoch != epoch:
+                self._drop_ahead()
 
     def __iter__(self):
-        """The remaining batches of the current epoch; the epoch then advances by one."""
+        """The remaining batches of the current epoch; the epoch then advances by one.
+
+        Near the end of a training epoch the next epoch's pipeline is built, and its first batch
+        run, on a thread (`_Ahead`), so that the next epoch does not start with DALI's build and
+        shuffle-buffer fill: at most one such pipeline, dropped by `set_epoch` to another epoch."""
         self._check_usable()
         if self._position == self._len:  # the last batch was taken, but the loop stopped before the end
             self.epoch, self._position, self._pipe = self.epoch + 1, 0, None
-        if self._pipe is None or self._pipe_epoch != self.epoch:
-            self._pipe, self._pipe_epoch = self._build(self.epoch, self._checkpoint), self.epoch
-            self._checkpoint = None
+        first = self._start() if self._pipe is None or self._pipe_epoch != self.epoch else None
         while self._position < self._len:
-            outputs = self._run()
+            outputs = first if first is not None else self._run()
+            first = None
             batch = self._batch(outputs, self._position)
             self._position += 1
             yield batch
+            if self._ahead is None and self._ahead_due():
+                self._build_ahead()
         self.epoch, self._position, self._pipe = self.epoch + 1, 0, None
 
     def state_dict(self) -> dict:
@@ -160,6 +175,7 @@ class ViewLoader:
             raise SslpipeError("cannot resume: the saved loader state has a position but no DALI checkpoint")
         self.epoch, self._position, self._checkpoint = state["epoch"], state["position"], state["dali"]
         self._pipe, self._failed = None, None
+        self._drop_ahead()
 
     # The stages.
 
@@ -182,15 +198,53 @@ class ViewLoader:
                          rank=self.rank, world_size=self.world_size, shuffle=self.train,
                          shuffle_buffer=self.shuffle_buffer, seed=dali_seed)
 
-    def _build(self, epoch: int, checkpoint: str | None):
+    def _build(self, epoch: int, checkpoint: str | None) -> tuple[object, list[str]]:
+        """The built DALI pipeline of `epoch` and its output names (may run on `_Ahead`'s thread)."""
         try:
-            pipe, self._outputs = build_pipeline(
+            return build_pipeline(
                 self.spec, self._plan(epoch), self.batch_size, "gpu" if self.device.type == "cuda" else "cpu",
                 self.device.index if self.device.type == "cuda" else None, self.num_threads, self.decode,
                 self.decoder, self.prefetch, checkpoint, self.windows)
-            return pipe
         except RuntimeError as e:
             raise SslpipeError(f"DALI could not start the pipeline of {self.spec.source}: {e}") from None
+
+    def _start(self):
+        """Make `self._pipe` the current epoch's pipeline: the one built ahead when it is this epoch's
+        (returning its first batch's outputs, already run), else one built now from `_checkpoint`."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead.epoch != self.epoch or self._checkpoint is not None:
+            if ahead is not None:
+                ahead.join()  # never two pipelines besides the current one
+            self._pipe, self._outputs = self._build(self.epoch, self._checkpoint)
+            self._pipe_epoch, self._checkpoint = self.epoch, None
+            return None
+        ahead.join()
+        if ahead.error is not None:
+            raise ahead.error  # as if raised here (`_build`'s SslpipeError)
+        self._pipe, self._outputs, self._pipe_epoch = ahead.pipe, ahead.names, self.epoch
+        if ahead.dali_error is not None:
+            self._fail(ahead.dali_error)  # its first batch failed: as in `_run`
+        if ahead.stream is not None:
+            # Its outputs were ordered on the stream current when the build began: order this one after it.
+            torch.cuda.current_stream(self.device).wait_stream(ahead.stream)
+            self._held = ahead.outputs
+        return ahead.outputs
+
+    def _ahead_due(self) -> bool:
+        """Whether to build the next epoch now: in training, once the reader has read (about) its
+        last sample, since it runs ahead of the batches handed out by the shuffle buffer and the
+        prefetch queue; the next pipeline's own fill then overlaps this epoch's last batches."""
+        runs_ahead = -(-self.shuffle_buffer // self.batch_size) + self.prefetch
+        return self.train and self._len - self._position <= runs_ahead
+
+    def _build_ahead(self) -> None:
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        self._ahead = _Ahead(self.epoch + 1, functools.partial(self._build, self.epoch + 1, None), stream)
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.join()  # its pipeline goes with it, before any other is built
+            self._ahead = None
 
     def _check_usable(self) -> None:
         if self._failed:
@@ -207,11 +261,15 @@ class ViewLoader:
                 return outputs
             return self._pipe.run()
         except RuntimeError as e:
-            self._pipe = None  # a failed DALI pipeline cannot run again
-            error = diagnose_failure(self.shards, self._plan(self.epoch), self._position, self.batch_size,
-                                     self.prefetch, str(e))
-            self._failed = str(error)
-            raise error from None
+            self._fail(e)
+
+    def _fail(self, dali_error: RuntimeError):
+        """Stop on DALI's error at the current position, naming the shard and key at fault."""
+        self._pipe, self._ahead = None, None  # a failed DALI pipeline cannot run again
+        error = diagnose_failure(self.shards, self._plan(self.epoch), self._position, self.batch_size,
+                                 self.prefetch, str(dali_error))
+        self._failed = str(error)
+        raise error from None
 
     def _batch(self, outputs, position: int) -> Batch:
         named = dict(zip(self._outputs, outputs))
@@ -219,9 +277,9 @@ class ViewLoader:
         if not self.train:  # the padded tail of the last batch repeats a sample: cut it off
             start, stop = rank_range(self.num_samples, self.rank, self.world_size)
             count = max(0, min(count, stop - start - position * self.batch_size))
-        index = np.array([self.samples.of_source(np.asarray(named["sources"].at(j)).tobytes().decode())
-                          for j in range(count)], dtype=np.int64)
-        labels = self._labels(named["labels"], index)
+        # DALI pads both to the batch's longest: one (B, W) uint8 array each, parsed without a loop.
+        index = self.samples.of_sources(np.asarray(named["sources"].as_tensor())[:count])
+        labels = self._labels(np.asarray(named["labels"].as_tensor())[:count], index)
         batch_seed = seeds.derive(self.seed, self.epoch, self.rank, position)
         views: list[torch.Tensor | None] = [None] * len(self.spec.views)
         groups = []
@@ -245,20 +303,17 @@ class ViewLoader:
             batch.windows, batch.flips = self._windows(named, count)
         return batch
 
-    def _labels(self, labels, index: np.ndarray) -> torch.Tensor:
-        values = []
-        for j in range(len(index)):
-            text = np.asarray(labels.at(j)).tobytes()
-            try:
-                values.append(int(text))
-            except ValueError:
-                shard, position = self.samples.locate(int(index[j]))
-                self._pipe = None  # the batch is lost: no position to go on from
-                self._failed = (f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not "
-                                f"an integer")
-                raise SslpipeError(f"{self._failed} ({text[:40]!r}); run `sslpipe verify "
-                                   f"{shard.path.parent}`") from None
-        return torch.tensor(values, dtype=torch.int64)
+    def _labels(self, rows: np.ndarray, index: np.ndarray) -> torch.Tensor:
+        """(B,) int64 labels from the `.cls` bytes (B, W), zero-padded, of the samples `index` (B,)."""
+        values, integer = cls_values(rows)
+        if not integer.all():
+            j = int(np.argmin(integer))
+            shard, position = self.samples.locate(int(index[j]))
+            self._pipe, self._ahead = None, None  # the batch is lost: no position to go on from
+            self._failed = f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not an integer"
+            raise SslpipeError(f"{self._failed} ({rows[j].tobytes().rstrip(bytes(1))[:40]!r}); run "
+                               f"`sslpipe verify {shard.path.parent}`")
+        return torch.from_numpy(values)
 
     def _windows(self, named, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per view: (B, 4) (top, left, height, width) as fractions of the source, (B,) flips."""
@@ -278,6 +333,34 @@ class ViewLoader:
                     if view.flip > 0 else np.zeros(count, dtype=bool))
             flips.append(torch.from_numpy(flip).to(self.device))
         return windows, flips
+
+
+class _Ahead:
+    """The pipeline of `epoch`, built by `build()` and run for its first batch on a thread of its
+    own (DALI works on its threads meanwhile), on `stream` for a GPU pipeline. After `join()`:
+    `pipe`, `names` and the first batch's `outputs`; or `error`, raised at the epoch boundary as is;
+    or `dali_error`, DALI's failure on the first batch."""
+
+    def __init__(self, epoch: int, build, stream):
+        self.epoch, self.stream = epoch, stream
+        self.pipe = self.names = self.outputs = self.error = self.dali_error = None
+        self._thread = threading.Thread(target=self._work, args=(build,), name=f"sslpipe-epoch-{epoch}")
+        self._thread.start()
+
+    def _work(self, build) -> None:
+        try:
+            pipe, self.names = build()
+        except Exception as e:
+            self.error = e
+            return
+        try:
+            self.outputs = pipe.run(self.stream) if self.stream is not None else pipe.run()
+        except RuntimeError as e:
+            self.dali_error = e.with_traceback(None)  # no frame of this thread keeps `pipe` alive
+        self.pipe = pipe
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 def _size_groups(spec: PipelineSpec) -> list[tuple[int, list[int]]]:
@@ -320,7 +403,18 @@ def _place(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 
-def _default_threads() -> int:
+# DALI threads per GPU by default. With the mixed decoder the CPU threads read the tars, parse the
+# JPEG headers and Huffman-decode only the images the hardware decoder does not take (1 -
+# hw_decoder_load of them, and progressive ones; the GPU does the rest). A whole CPU decode of a
+# 0.17-MP, ~90 KB fixture JPEG took ~2 ms on one core of a 2-core CI machine, so 8 threads keep up
+# with ~4,000 images/s even on a GPU without a hardware decoder; more threads only add their
+# decoder buffers (DecoderOptions: device and pinned memory per thread).
+GPU_THREADS = 8
+
+
+def _default_threads(device: torch.device) -> int:
+    """This process's share of the cores; on a GPU at most `GPU_THREADS`."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
-    return max(1, cores // max(1, per_node))
+    share = max(1, cores // max(1, per_node))
+    return min(share, GPU_THREADS) if device.type == "cuda" else share

@@ -44,6 +44,13 @@ class SampleIndex:
         self.starts = np.cumsum([0, *(len(s) for s in self.shards)])
         self._ordinal = {str(s.path): i for i, s in enumerate(self.shards)}
         self._offsets = [np.asarray(s.offsets, dtype=np.int64) for s in self.shards]
+        # Every sample as one int64 key, ordinal * stride + offset (offsets < stride), sorted, so
+        # that a batch's sources are found with one searchsorted: (N,) keys and (N,) indices.
+        self._stride = 1 + max((int(o.max()) for o in self._offsets if len(o)), default=0)
+        keys = np.concatenate([np.zeros(0, np.int64),
+                               *(i * self._stride + o for i, o in enumerate(self._offsets))])
+        self._order = np.argsort(keys, kind="stable")
+        self._sorted_keys = keys[self._order]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -55,9 +62,27 @@ class SampleIndex:
         offsets = self._offsets[ordinal] if ordinal is not None else None
         position = int(np.searchsorted(offsets, int(offset))) if offsets is not None else -1
         if offsets is None or position >= len(offsets) or offsets[position] != int(offset):
-            raise SslpipeError(f"{path}: DALI read {member} at byte {offset}, which is no sample of "
-                               f"the shard list (was the shard rewritten since the loader started?)")
+            raise _no_sample(source)
         return int(self.starts[ordinal]) + position
+
+    def of_sources(self, rows: np.ndarray) -> np.ndarray:
+        """(B,) int64: `of_source` of every row of `rows`, (B, W) uint8, each a source string
+        `shard.tar:offset:member` zero-padded on the right (DALI's padded `source_info`)."""
+        width = rows.shape[1]
+        middle, last, split = _last_two(rows, ord(":"))  # a path may hold ':' itself, a member not
+        offsets, numeric = _decimal(rows, middle + 1, last)
+        # The few distinct shard paths of a batch: each row's path, NUL-filled to W, as one value.
+        paths = np.where(np.arange(width) < middle[:, None], rows, 0)
+        unique, inverse = np.unique(paths.view(f"V{width}").ravel(), return_inverse=True)
+        ordinals = np.array([self._ordinal.get(u.tobytes().rstrip(b"\0").decode(), -1) for u in unique],
+                            dtype=np.int64)[inverse.ravel()]
+        keys = ordinals * self._stride + offsets
+        found = numeric & split & (ordinals >= 0) & (offsets < self._stride)
+        at = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
+        found &= self._sorted_keys[at] == keys
+        if not found.all():
+            raise _no_sample(rows[int(np.argmin(found))].tobytes().rstrip(b"\0").decode(errors="replace"))
+        return self._order[at]
 
     def locate(self, index: int) -> tuple[Shard, int]:
         """The shard holding sample `index`, and its position there."""
@@ -67,6 +92,57 @@ class SampleIndex:
     def keys(self, indices) -> list[str]:
         """The samples' keys, in the order of `indices`."""
         return [shard.keys[position] for shard, position in map(self.locate, np.asarray(indices).tolist())]
+
+
+def _no_sample(source: str) -> SslpipeError:
+    path, offset, member = source.rsplit(":", 2) if source.count(":") >= 2 else (source, "?", "?")
+    return SslpipeError(f"{path}: DALI read {member} at byte {offset}, which is no sample of "
+                        f"the shard list (was the shard rewritten since the loader started?)")
+
+
+# The bytes int() strips around a number (ASCII whitespace), and NUL, DALI's padding.
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[list(b" \t\n\v\f\r\0")] = True
+_POWERS = 10 ** np.arange(19, dtype=np.int64)  # units first; int64 holds any 18-digit decimal
+
+
+def cls_values(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) int64 labels from `rows` (B, W) uint8, each a `.cls` zero-padded on the right, and (B,)
+    bool: which rows are an integer as `int()` reads one (ASCII digits after an optional sign,
+    whitespace around, here NUL too). Unlabeled shards hold -1."""
+    if rows.shape[1] == 0:  # every .cls of the batch empty
+        return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
+    text = ~_SPACE[rows]
+    first = np.argmax(text, axis=1)  # a row of spaces only: its "digits" are spaces, so not ok below
+    stop = rows.shape[1] - np.argmax(text[:, ::-1], axis=1)
+    sign = rows[np.arange(len(rows)), first]
+    negative = sign == ord("-")
+    value, ok = _decimal(rows, first + (negative | (sign == ord("+"))), stop)
+    return np.where(negative, -value, value), ok
+
+
+def _last_two(rows: np.ndarray, byte: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B,) columns of the second-last and the last `byte` in each row of `rows` (B, W), and (B,)
+    bool: which rows have two."""
+    found, at = rows == byte, np.arange(len(rows))
+    last = rows.shape[1] - 1 - np.argmax(found[:, ::-1], axis=1)
+    two = found[at, last]
+    found[at, last] = False
+    middle = rows.shape[1] - 1 - np.argmax(found[:, ::-1], axis=1)
+    return middle, last, two & found[at, middle]
+
+
+def _decimal(rows: np.ndarray, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) int64 values of the decimals `rows[i, start[i]:stop[i]]` of `rows` (B, W) uint8, and (B,)
+    bool: which are 1 to 18 ASCII digits. Reads the 19 columns left of each stop, a (B, 19) gather."""
+    length, places = stop - start, np.arange(len(_POWERS))
+    at = np.maximum(stop[:, None] - 1 - places, 0) + rows.shape[1] * np.arange(len(rows))[:, None]
+    digits = np.ascontiguousarray(rows).ravel().take(at) - np.uint8(ord("0"))  # below '0' wraps past 9
+    digits *= places < length[:, None]
+    ok = (length >= 1) & (length < len(_POWERS))
+    if (digits > 9).any():  # rare, so checked per row only then
+        ok &= (digits <= 9).all(axis=1)
+    return digits @ _POWERS, ok
 
 
 def resolve_shards(shards: str | Path | list) -> list[Shard]:
