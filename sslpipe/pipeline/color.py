@@ -10,6 +10,8 @@ reference formulas and against Kornia.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -37,12 +39,16 @@ def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (x * _per_sample(factor)).clamp_(0, 1)
 
 
+def mean_luma(x: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) -> (n,): each image's mean luma, the luma-weighted sum of the channel means
+    (one reduction over the pixels)."""
+    r, g, b = x.mean(dim=(2, 3)).unbind(dim=1)
+    return r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]
+
+
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """clamp(f * x + (1 - f) * m), m the mean luma of each image."""
-    # The mean luma is the luma-weighted sum of the channel means: one reduction over the pixels.
-    r, g, b = x.mean(dim=(2, 3)).unbind(dim=1)
-    mean = r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]
-    return (x * _per_sample(factor)).add_(_per_sample((1 - factor) * mean)).clamp_(0, 1)
+    return (x * _per_sample(factor)).add_(_per_sample((1 - factor) * mean_luma(x))).clamp_(0, 1)
 
 
 def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -50,8 +56,9 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (x * _per_sample(factor)).addcmul_(grayscale(x), _per_sample(1 - factor)).clamp_(0, 1)
 
 
-def shift_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue by `turns` of a full turn, keeping saturation and value.
+def shift_hue(x: torch.Tensor, turns: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate the HSV hue by `turns` of a full turn, keeping saturation and value; with `where`
+    ((n,) bool), only in those samples (the others are copied, in the same pass).
 
     Value v = max, chroma c = max - min, and the hue h in sectors ([0, 6), red at 0, green at 2,
     blue at 4) from the largest channel. After the shift, each channel is v - c * clamp(d - 1, 0, 1),
@@ -60,24 +67,66 @@ def shift_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     black ones stay finite: no 0/0 is formed.
     """
     r, g, b = x.unbind(dim=1)
-    value = torch.maximum(torch.maximum(r, g), b)
-    chroma = value - torch.minimum(torch.minimum(r, g), b)
-    safe = chroma.clamp_min(1e-12)  # where c = 0 the numerators below are 0 too
-    # The formula of the largest channel: blue's, replaced by green's where green is the largest,
-    # then by red's (on ties the formulas agree). The masks are 0/1 floats: on the CPU, bool
-    # comparisons and torch.where are several times slower than arithmetic.
-    green_max = torch.ge(g, value, out=torch.empty_like(value))
-    red_max = torch.ge(r, value, out=torch.empty_like(value))
-    hue = (r - g).div_(safe).add_(4)
-    hue.addcmul_(green_max, (b - r).div_(safe).add_(2).sub_(hue))
-    hue.addcmul_(red_max, (g - b).div_(safe).sub_(hue))
-    hue.add_(turns.view(-1, 1, 1) * 6)
-    hue.sub_(hue.div(6).floor_().mul_(6))  # back into [0, 6)
-    distances = (3 - (hue - 3).abs_(), (hue - 2).abs_(), (hue - 4).abs_())  # to red, green, blue
+    low, value = torch.aminmax(x, dim=1)
+    chroma = value - low
+    inverse = chroma.clamp_min(1e-12).reciprocal_()  # where c = 0 the numerators below are 0 too
+    # The formula of the largest channel (on ties they agree): (g - b) / c for red, (b - r) / c + 2
+    # for green, (r - g) / c + 4 for blue.
+    red_max, green_max = r >= value, g >= value
+    difference = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
+    sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0))
+    hue = torch.addcmul(sector, difference, inverse).add_(turns.view(-1, 1, 1) * 6).remainder_(6)
     out = torch.empty_like(x)
-    for channel, distance in enumerate(distances):
-        torch.sub(value, distance.sub_(1).clamp_(0, 1).mul_(chroma), out=out[:, channel])
+    for channel, own in enumerate((0.0, 2.0, 4.0)):  # red, green, blue
+        distance = hue.sub(own).abs_()
+        if channel == 0:  # around the circle: h in [0, 6) is 6 - h from red the other way
+            distance = torch.minimum(distance, 6 - distance)
+        # (green's and blue's distances are not wrapped: past 3 the clamp saturates anyway)
+        shifted = torch.addcmul(value, chroma, distance.sub_(1).clamp_(0, 1), value=-1)
+        if where is None:
+            out[:, channel] = shifted
+        else:
+            torch.where(where.view(-1, 1, 1), shifted, x[:, channel], out=out[:, channel])
     return out
+
+
+def affine(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """clamp(matrix @ rgb + offset, 0, 1) at every pixel: x (n, 3, H, W) contiguous, matrix (n, 3, 3),
+    offset (n, 3). Brightness, contrast and saturation are each such a map (see `jitter_affine`).
+
+    Eagerly one batched matrix product (one pass over the pixels; an identity matrix gives x back
+    exactly); under `torch.compile` the same sums written out, which fuse with their neighbours.
+    """
+    n, c, h, w = x.shape
+    if torch.compiler.is_compiling():
+        rgb = x.unbind(dim=1)
+        rows = [sum(matrix[:, i, j].view(-1, 1, 1) * rgb[j] for j in range(3)) + offset[:, i].view(-1, 1, 1)
+                for i in range(3)]
+        return torch.stack(rows, dim=1).clamp_(0, 1)
+    return torch.baddbmm(offset.unsqueeze(2), matrix, x.reshape(n, c, h * w)).view(n, c, h, w).clamp_(0, 1)
+
+
+def jitter_affine(brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+                  mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (n, 3, 3) matrix and (n, 3) offset of `affine` that apply, per sample, the brightness
+    factor, then the contrast factor (around `mean`, the mean luma; None: no contrast), then the
+    saturation factor (each 1.0 where not applied; one of them per sample in practice).
+
+    brightness f: f I. contrast f: f I and (1 - f) m. saturation f: f I + (1 - f) 1 w^T, w the
+    luma weights, since luma(x) = w . x.
+    """
+    eye, weights = _eye_and_luma(brightness.device)
+    scale = brightness * contrast
+    matrix = (scale * saturation).view(-1, 1, 1) * eye + (scale * (1 - saturation)).view(-1, 1, 1) * weights
+    offset = torch.zeros_like(brightness) if mean is None else (1 - contrast) * mean
+    return matrix, offset.view(-1, 1).expand(-1, 3)
+
+
+@functools.cache
+def _eye_and_luma(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3x3 identity and the (1, 3) luma weights on `device`, made once (a host-to-device copy
+    per call would synchronise)."""
+    return torch.eye(3, device=device), torch.tensor([GRAY_WEIGHTS], device=device)
 
 
 def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -85,21 +134,41 @@ def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= _per_sample(threshold), 1 - x, x)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """torchvision's GaussianBlur with one sigma per sample, reflect padding.
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int,
+                  where: torch.Tensor | None = None) -> torch.Tensor:
+    """torchvision's GaussianBlur with one sigma per sample, reflect padding; with `where` ((n,)
+    bool), only in those samples (the others get the identity kernel: exactly unchanged).
 
     Kernel exp(-t^2 / 2 sigma^2) over t in [-(k-1)/2, (k-1)/2], normalized to sum 1, applied as
     two 1-D passes (equal to torchvision's 2-D outer-product kernel). Each pass is one grouped
     convolution over all the samples' channels (groups = 3n), with each sample's own kernel: no
-    per-sample loop and no host sync (Kornia's `RandomGaussianBlur` syncs).
+    per-sample loop and no host sync (Kornia's `RandomGaussianBlur` syncs). Under `torch.compile`
+    each pass is instead the weighted sum of k shifted slices, which the compiler fuses into one
+    kernel (a convolution would be a separate kernel, with its padded input written out first).
     """
     n, c, h, w = x.shape
     offsets = torch.arange(kernel_size, dtype=torch.float32, device=x.device) - (kernel_size - 1) / 2
     kernel = torch.exp(-(offsets / sigma[:, None]) ** 2 / 2)  # (n, k)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    weight = kernel[:, None].expand(n, c, kernel_size).reshape(n * c, 1, kernel_size)  # per channel
+    if where is not None:  # 1 * x + 0 * neighbours is x exactly
+        kernel = torch.where(where[:, None], kernel, (offsets == 0).to(kernel.dtype))
     pad = kernel_size // 2
+    if torch.compiler.is_compiling():
+        x = _taps(F.pad(x, (pad, pad, 0, 0), mode="reflect"), kernel, dim=3)
+        return _taps(F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel, dim=2)
+    weight = kernel[:, None].expand(n, c, kernel_size).reshape(n * c, 1, kernel_size)  # per channel
     x = x.reshape(1, n * c, h, w)  # the samples' channels as the groups of one image
     x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), weight[:, :, None, :], groups=n * c)
     x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), weight[:, :, :, None], groups=n * c)
     return x.view(n, c, h, w)
+
+
+def _taps(padded: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """sum_j kernel[:, j] * padded shifted by j along `dim`: one 1-D pass of per-sample taps."""
+    k = kernel.shape[1]
+    out_len = padded.shape[dim] - k + 1
+    out = None
+    for j in range(k):
+        term = padded.narrow(dim, j, out_len) * kernel[:, j].view(-1, 1, 1, 1)
+        out = term if out is None else out + term
+    return out

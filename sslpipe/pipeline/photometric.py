@@ -5,8 +5,12 @@ batch (rows `[i*B:(i+1)*B]` belong to `views[i]`). Each op of the table (`sslpip
 draws its per-sample parameters from its own generator, seeded from the batch's seed and the op's
 name, and applies them with no per-sample Python loop. One executor, two strategies:
 
-- "select" (the GPU's): every op runs on the whole batch and `torch.where` keeps the samples that
-  drew it; no host synchronisation, so the stage runs ahead on the CUDA stream.
+- "select" (the GPU's): every op runs on the whole batch and leaves the samples that did not draw
+  it unchanged (`PhotometricOp.select`: an identity kernel, an unreachable threshold, a
+  `torch.where`); no host synchronisation, so the stage runs ahead on the CUDA stream. With
+  `compile=True` (the loader's default on CUDA) this path goes through `torch.compile`, which
+  fuses it into a few kernels (figures in docs/benchmarks.md, `tools/bench_device_counts.py`);
+  if compiling fails, the stage warns once and runs it eagerly.
 - "blocks" (the CPU's): nothing runs ahead there and memory traffic sets the pace, so the samples
   that share the ops' block keys (the jitter's order) go through the ops together in cache-sized
   blocks, each op only on the samples that drew it, on one torch thread.
@@ -17,6 +21,7 @@ name, and applies them with no per-sample Python loop. One executor, two strateg
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,12 +50,13 @@ class PhotometricStage:
     """The photometric ops of views sharing one size.
 
     `stage(images, seed)`: uint8 (N, 3, H, W) with N = len(views) * batch_size, any strides,
-    -> `dtype` (N, 3, H, W), contiguous or channels-last, on `device`.
+    -> `dtype` (N, 3, H, W), contiguous or channels-last, on `device`. `compile`: run the
+    select strategy through `torch.compile` (static shapes: one graph per stage).
     """
 
     def __init__(self, views: Sequence[ViewSpec], batch_size: int, device: torch.device | str,
                  normalize: bool = True, dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 strategy: Strategy = "auto"):
+                 strategy: Strategy = "auto", compile: bool = False):
         views = tuple(views)
         if not views:
             raise ValueError("a photometric stage needs at least one view")
@@ -78,7 +84,12 @@ class PhotometricStage:
         # Views without normalization get mean 0 and std 1: an exact identity, so no mask is needed.
         self._mean = self._per_view([n.mean if n else (0.0,) * 3 for n in norms])
         self._std = self._per_view([n.std if n else (1.0,) * 3 for n in norms])
+        self._scale, self._shift = 1 / self._std, -self._mean / self._std  # x * scale + shift, one pass
         self.cpu_block = max(1, CPU_BLOCK_VALUES // (3 * self.size ** 2))  # samples per CPU block
+        if compile and self.blocks:
+            raise ValueError("compile=True compiles the select strategy; this stage runs blocks")
+        self._compiled = torch.compile(self._device_ops, dynamic=False, fullgraph=True) if compile else None
+        self._compiled_once = False
 
     def _per_view(self, values) -> torch.Tensor:
         t = torch.tensor(values, dtype=torch.float32).reshape(len(self.views), 1, 3, 1, 1)
@@ -102,9 +113,11 @@ class PhotometricStage:
                              f"got {images.dtype} {tuple(images.shape)}")
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if not self.blocks:
-            x = self._select(_to_float(images), draws.ops)
-            x = self._finish(x, draws)
-            return x.to(self.dtype, memory_format=memory_format)
+            x = self._run_device_ops(images, draws.ops)
+            if self.kornia is None:
+                return x
+            x = self.kornia(x, draws.kornia_seed)
+            return self._normalized(x) if self._normalize else x.to(self.dtype, memory_format=memory_format)
         # On the CPU: the samples that share their block keys, a few at a time. Each op then runs on
         # a cache-sized block in one go, and only on the samples that drew it. With Kornia
         # transforms to follow, the blocks stay float32 and unnormalized until those have run.
@@ -130,16 +143,43 @@ class PhotometricStage:
             x = (x - self._mean) / self._std
         return x
 
-    def _select(self, x: torch.Tensor, params: dict[str, Params]) -> torch.Tensor:
-        """Every op on the whole batch; `torch.where` keeps the drawn samples (gathering them would
-        need their count on the host, a sync)."""
+    def _run_device_ops(self, images: torch.Tensor, params: dict[str, Params]) -> torch.Tensor:
+        """`_device_ops`, compiled when asked; a failure of the first compiled call (the compiler
+        missing, an unsupported op) warns and falls back to eager for good."""
+        if self._compiled is not None:
+            try:
+                out = self._compiled(images, params)
+                self._compiled_once = True
+                return out
+            except Exception as e:
+                if self._compiled_once:
+                    raise
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                warnings.warn(f"torch.compile failed on the photometric stage of views "
+                              f"{sorted({v.name for v in self.views})} ({type(e).__name__}: {reason}); "
+                              f"running it eagerly (the same values, more memory traffic)", stacklevel=3)
+                self._compiled = None
+        return self._device_ops(images, params)
+
+    def _device_ops(self, images: torch.Tensor, params: dict[str, Params]) -> torch.Tensor:
+        """The select strategy: uint8 -> float32, every op on the whole batch (gathering the drawn
+        samples would need their count on the host, a sync), then, without Kornia transforms to
+        follow, the normalization and the output cast in the same pass."""
+        x = torch.div(images, 255, out=torch.empty(images.shape, dtype=torch.float32, device=images.device))
         for op in self.ops:
-            p = params[op.key]
-            if op.masks_itself:
-                x = op.apply(x, p)
-            else:
-                x = torch.where(p["on"].view(-1, 1, 1, 1), op.apply(x, p), x)
-        return x
+            x = op.select(x, params[op.key])
+        if self.kornia is not None:
+            return x
+        return self._normalized(x)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std as x * (1 / std) - mean / std, written straight into the output dtype
+        and layout."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = torch.empty(x.shape, dtype=self.dtype, device=x.device, memory_format=memory_format)
+        if not self._normalize:
+            return out.copy_(x)
+        return torch.addcmul(self._shift, x, self._scale, out=out)
 
     def _gathered(self, x: torch.Tensor, params: dict[str, Params], keys: dict[str, int]) -> torch.Tensor:
         """Each op on the samples of the block that drew it only (a blur with p = 0.5 costs half)."""

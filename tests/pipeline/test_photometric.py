@@ -311,7 +311,9 @@ def test_cpu_gather_path_equals_the_gpu_select_path():
     assert 0 < int(drawn(p, "blur").sum()) < 48 and 0 < int(drawn(p, "solarize").sum()) < 48  # both kinds
     gathered = stage.apply(imgs, p)
     selected = PhotometricStage(spec.views, 24, "cpu", normalize=True, strategy="select").apply(imgs, p)
-    assert torch.allclose(gathered, selected, atol=1e-6)
+    # Equal up to float32 rounding (a fused multiply-add here, two roundings there; x / std against
+    # x * (1 / std)), which the normalization's 1 / std (4.4) scales up.
+    assert torch.allclose(gathered, selected, atol=1e-5)
 
 
 def test_cpu_blocks_cover_the_batch_once_with_one_jitter_order_each():

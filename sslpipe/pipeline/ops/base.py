@@ -29,15 +29,16 @@ class PhotometricOp:
     `sample` when it draws more than whether it applies.
 
     `apply(x, params, key)` maps float32 (n, 3, H, W) in [0, 1] to the same, for samples that all
-    drew the op; the executor keeps the others unchanged (a `torch.where` on the device, a gather
-    on the CPU). An op whose work differs per sample in a way a static value can specialise (the
-    jitter's order) gives `block_key(params) -> (N,) int64`: the CPU executor runs the samples of
-    one code together and passes the code as `key`; elsewhere `key` is None.
+    drew the op (the CPU executor gathers them). `select(x, params)` is the device's: the whole
+    batch, the samples that did not draw the op left unchanged, without a host sync; by default a
+    `torch.where` around `apply`, which an op overrides when it can mask for less memory traffic
+    (an identity kernel, a threshold no value reaches). An op whose work differs per sample in a
+    way a static value can specialise (the jitter's order) gives `block_key(params) -> (N,)
+    int64`: the CPU executor runs the samples of one code together and passes the code as `key`.
     """
 
     key: ClassVar[str]
     Settings: ClassVar[type]
-    masks_itself: ClassVar[bool] = False  # apply leaves the samples that did not draw it unchanged
     block_key = None
 
     def __init__(self, settings: Sequence[object | None], batch_size: int, size: int, device: torch.device):
@@ -65,6 +66,9 @@ class PhotometricOp:
 
     def apply(self, x: torch.Tensor, params: Params, key: int | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def select(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return torch.where(params["on"].view(-1, 1, 1, 1), self.apply(x, params), x)
 
 
 def take(params: Params, index: torch.Tensor) -> Params:

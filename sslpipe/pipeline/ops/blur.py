@@ -61,3 +61,6 @@ class BlurOp(PhotometricOp):
 
     def apply(self, x, params, key=None):
         return color.gaussian_blur(x, params["sigma"], self.kernel_size)
+
+    def select(self, x, params):  # the identity kernel where not drawn
+        return color.gaussian_blur(x, params["sigma"], self.kernel_size, where=params["on"])

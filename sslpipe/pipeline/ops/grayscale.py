@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from sslpipe.pipeline import color
 from sslpipe.pipeline.ops.base import PhotometricOp, probability
 
@@ -21,3 +23,6 @@ class GrayscaleOp(PhotometricOp):
 
     def apply(self, x, params, key=None):
         return color.to_grayscale(x)
+
+    def select(self, x, params):  # the (n, 1, H, W) luma broadcast: no 3-channel copy of it
+        return torch.where(params["on"].view(-1, 1, 1, 1), color.grayscale(x), x)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import torch
 
 from sslpipe.pipeline import color
 from sslpipe.pipeline.ops.base import PhotometricOp, probability
@@ -32,3 +35,6 @@ class SolarizeOp(PhotometricOp):
 
     def apply(self, x, params, key=None):
         return color.solarize(x, params["threshold"])
+
+    def select(self, x, params):  # a threshold above every value where not drawn
+        return color.solarize(x, torch.where(params["on"], params["threshold"], math.inf))
