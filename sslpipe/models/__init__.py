@@ -6,6 +6,7 @@ with a `num_features` attribute.
 """
 
 from sslpipe.errors import SslpipeError
+from sslpipe.models.global_batchnorm import GlobalBatchNorm2d, convert_global_batchnorm
 from sslpipe.models.mlp import mlp
 from sslpipe.models.resnet import ResNet, resnet18, resnet50
 
@@ -19,4 +20,5 @@ def build_backbone(name: str, *, small_images: bool = False, zero_init_residual:
     return BACKBONES[name](small_images=small_images, zero_init_residual=zero_init_residual)
 
 
-__all__ = ["BACKBONES", "build_backbone", "mlp", "resnet18", "resnet50"]
+__all__ = ["BACKBONES", "GlobalBatchNorm2d", "build_backbone", "convert_global_batchnorm", "mlp", "resnet18",
+           "resnet50"]

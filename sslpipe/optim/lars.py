@@ -41,8 +41,17 @@ class LARS(torch.optim.Optimizer):
     (a zero-initialised layer or BN gamma) would otherwise get trust 0 and never move from 0,
     and a zero gradient would give 0/0 = nan or x/0 = inf, and nan times a zero gradient is
     still nan, which would poison the weights and the momentum buffer. Falling back to 1.0 makes
-    such a step a plain SGD step (`lr * g`, which is 0 for a zero gradient). The choice is made
-    with `torch.where` on device tensors, so there is no host synchronisation per parameter.
+    such a step a plain SGD step (`lr * g`, which is 0 for a zero gradient).
+
+    How it is computed: per parameter group (and device and dtype), a fixed handful of
+    `torch._foreach_*` ops over all its parameters, not a Python loop of small ops per tensor (on
+    CUDA each foreach op is one or a few multi_tensor_apply launches, about 30 for a ResNet-50
+    step instead of about 1,100). The norms are stacked to (P,) tensors and the trust ratios
+    chosen with `torch.where` on the device, so nothing is read back to the host: no
+    synchronisation, whatever the values. On the CPU the foreach ops run per tensor and the
+    results are bitwise those of the per-parameter loop; on CUDA `_foreach_norm` sums in another
+    order than `vector_norm`, so the trust ratios may differ from a per-tensor computation in the
+    last bit or so.
 
     Parameter groups may set `lars_exclude=True` (biases and normalisation weights, see
     `sslpipe.optim.param_groups`): those parameters get neither weight decay nor the trust ratio,
@@ -83,30 +92,65 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            weight_decay, eta = group["weight_decay"], group["eta"]
-            nesterov, exclude = group["nesterov"], group["lars_exclude"]
+            buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("LARS does not support sparse gradients")
-                g = p.grad
-                if not exclude:
-                    if weight_decay != 0.0:
-                        g = g.add(p, alpha=weight_decay)
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    # The division's inf/nan (a zero norm) lands only in the branch not taken.
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
-                    g = g * trust
-
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buf.mul_(momentum).add_(g)
-                update = g.add(buf, alpha=momentum) if nesterov else buf
-                p.add_(update, alpha=-lr)
+                # The fused (multi_tensor_apply) foreach kernels need one device and dtype per list.
+                buckets.setdefault((p.device, p.dtype), []).append(p)
+            for params in buckets.values():
+                self._update(params, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """The step of `params` (one device and dtype, all with a gradient), in a few foreach ops."""
+        momentum = group["momentum"]
+        grads = [p.grad for p in params]
+        if group["lars_exclude"]:
+            g = grads
+        else:
+            weight_decay = group["weight_decay"]
+            g = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0.0 else grads
+            w_norm = torch.stack(torch._foreach_norm(params))  # (P,)
+            g_norm = torch.stack(torch._foreach_norm(g))
+            # The division's inf/nan (a zero norm) lands only in the branch not taken; min > 0 is
+            # "both > 0", nan included (nan > 0 is false).
+            trust = torch.where(torch.minimum(w_norm, g_norm) > 0, group["eta"] * w_norm / g_norm, 1.0)
+            g = torch._foreach_mul(g, _broadcast_per_tensor(trust, g))
+
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, g)
+        update = torch._foreach_add(g, bufs, alpha=momentum) if group["nesterov"] else bufs
+        torch._foreach_add_(params, update, alpha=-group["lr"])
+
+
+def _broadcast_per_tensor(values: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """values (P,) -> P tensors shaped (and strided) like `like`, tensor i filled with values[i].
+
+    Why materialise: a foreach op over tensors of different shapes takes a per-tensor factor only
+    as a host scalar (`ScalarList`, a sync to read) or as a tensor of the same size and strides;
+    a list of 0-dim tensors or of stride-0 expands sends CUDA to the per-tensor slow path (one
+    launch per tensor, ATen/native/ForeachUtils.h `check_fast_path_restrictions`). One `cat` of
+    stride-0 expands writes all P fills (CUDA's cat batches 64 such inputs per launch): one extra
+    write and read of the elements, against P launches.
+    """
+    sizes = [t.numel() for t in like]
+    flat = torch.cat([v.expand(n) for v, n in zip(values.unbind(), sizes)])
+    out, offset = [], 0
+    for t, n in zip(like, sizes):
+        # A segment holds one value, so any layout of it will do: take the tensor's own strides
+        # where they span exactly n elements (contiguous, channels_last) so that the lists match
+        # for the fused kernel; any other layout gets contiguous strides (and the slow path).
+        dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+        stride = t.stride() if dense else torch.empty(t.shape, device="meta").stride()
+        out.append(flat.as_strided(t.shape, stride, offset))
+        offset += n
+    return out

@@ -210,3 +210,142 @@ def test_state_dict_round_trip_resumes_exactly():
 def test_invalid_hyperparameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         LARS([_param([1.0])], **kwargs)
+
+
+def test_sparse_gradients_are_refused():
+    w = nn.Parameter(torch.zeros(3, 2))
+    w.grad = torch.zeros(3, 2).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        LARS([w], lr=0.1).step()
+
+
+class LoopLARS(LARS):
+    """The per-parameter loop LARS was before the foreach rewrite (verbatim), as the reference."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            weight_decay, eta = group["weight_decay"], group["eta"]
+            nesterov, exclude = group["nesterov"], group["lars_exclude"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LARS does not support sparse gradients")
+                g = p.grad
+                if not exclude:
+                    if weight_decay != 0.0:
+                        g = g.add(p, alpha=weight_decay)
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(g)
+                    # The division's inf/nan (a zero norm) lands only in the branch not taken.
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    g = g * trust
+
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf.mul_(momentum).add_(g)
+                update = g.add(buf, alpha=momentum) if nesterov else buf
+                p.add_(update, alpha=-lr)
+        return loss
+
+
+def _mixed_params():
+    """Named parameters covering the cases: matrices, a channels_last conv weight, float64 next to
+    float32 in one group, a zero-initialised weight, biases, and one left without a gradient."""
+    g = torch.Generator().manual_seed(7)
+    values = {
+        "fc": torch.randn(6, 5, generator=g),
+        "conv": torch.randn(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last),
+        "double": torch.randn(7, dtype=torch.float64, generator=g).reshape(7, 1),
+        "zero": torch.zeros(3, 4),
+        "frozen": torch.randn(2, 2, generator=g),   # no gradient until step 3
+        "bias": torch.randn(5, generator=g),
+        "gamma": torch.zeros(4),                    # excluded and zero: plain SGD from 0
+        "scale": torch.tensor(2.0),                 # 0-dim
+    }
+    return {name: nn.Parameter(v.clone(memory_format=torch.preserve_format)) for name, v in values.items()}
+
+
+def _mixed_groups(params):
+    return [
+        {"params": [params[n] for n in ("fc", "conv", "double", "frozen")], "weight_decay": 1e-2},
+        {"params": [params[n] for n in ("bias", "gamma")], "lars_exclude": True, "weight_decay": 0.5,
+         "nesterov": True},
+        {"params": [params[n] for n in ("zero", "scale")], "weight_decay": 0.0, "eta": 0.02,
+         "nesterov": True},
+    ]
+
+
+def test_foreach_step_equals_the_per_parameter_loop_bitwise():
+    # On the CPU the foreach ops run tensor by tensor with the same kernels: equal to the last bit.
+    ours, ref = _mixed_params(), _mixed_params()
+    opt = LARS(_mixed_groups(ours), lr=0.1, momentum=0.9, eta=1e-3)
+    ref_opt = LoopLARS(_mixed_groups(ref), lr=0.1, momentum=0.9, eta=1e-3)
+    gen = torch.Generator().manual_seed(11)
+    for step, (lr, wd) in enumerate([(0.1, 1e-2), (0.5, 1e-3), (0.05, 0.0), (0.2, 1e-2), (1.0, 1e-4)]):
+        for o in (opt, ref_opt):              # a schedule's lr everywhere, its wd in the first group
+            for group in o.param_groups:
+                group["lr"] = lr
+            o.param_groups[0]["weight_decay"] = wd
+        for name in ours:
+            if name == "frozen" and step < 3:
+                continue
+            grad = torch.randn(ours[name].shape, generator=gen, dtype=ours[name].dtype)
+            if name == "fc" and step == 2:
+                grad.zero_()                          # zero gradient norm: trust 1.0
+            grad = grad.contiguous(memory_format=torch.preserve_format)
+            ours[name].grad = grad.clone(memory_format=torch.preserve_format)
+            ref[name].grad = grad.clone(memory_format=torch.preserve_format)
+        if step == 3:
+            ours["scale"].grad = ref["scale"].grad = None  # skipped this step, its buffer stays
+        opt.step()
+        ref_opt.step()
+        for name in ours:
+            assert torch.equal(ours[name], ref[name]), (step, name)
+            assert torch.isfinite(ours[name]).all()
+            assert (ours[name] in opt.state) == (ref[name] in ref_opt.state), (step, name)
+            if ours[name] in opt.state:
+                buf = opt.state[ours[name]]["momentum_buffer"]
+                ref_buf = ref_opt.state[ref[name]]["momentum_buffer"]
+                assert torch.equal(buf, ref_buf) and buf.stride() == ref_buf.stride(), (step, name)
+        assert (ours["frozen"] in opt.state) == (step >= 3)
+    assert not torch.equal(ours["zero"], torch.zeros(3, 4))   # the zero weight moved
+    assert opt.state_dict()["state"].keys() == ref_opt.state_dict()["state"].keys()
+
+
+@pytest.fixture(scope="module")
+def resnet50_with_grads():
+    from sslpipe.models import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone("resnet50")
+    model(torch.randn(2, 3, 32, 32)).square().mean().backward()
+    return model
+
+
+@pytest.mark.parametrize("exclude_bias_and_norm", [True, False], ids=["simclr-groups", "swav-groups"])
+def test_a_resnet50_step_is_a_few_dozen_launches_and_no_sync(resnet50_with_grads, exclude_bias_and_norm):
+    # The recipes' groups (sslpipe.train.loop.build_optimizer); the second step, buffers existing.
+    from sslpipe.counting import DispatchCounter
+    from sslpipe.optim import param_groups
+
+    model = resnet50_with_grads
+    launches = {}
+    for cls in (LARS, LoopLARS) if exclude_bias_and_norm else (LARS,):
+        groups = param_groups(model, weight_decay=1e-6, exclude_bias_and_norm=exclude_bias_and_norm)
+        opt = cls(groups, lr=0.3, momentum=0.9, weight_decay=1e-6, eta=1e-3)
+        opt.step()
+        with DispatchCounter(roots=[model, opt]) as counted:
+            opt.step()
+        assert counted.sync_count == 0, counted.syncs
+        launches[cls.__name__] = counted.launches
+    print(f"launches per ResNet-50 LARS step: {launches}")
+    assert launches["LARS"] <= 40
+    if "LoopLARS" in launches:
+        assert launches["LoopLARS"] > 1000              # what the per-parameter loop cost
