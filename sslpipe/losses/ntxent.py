@@ -51,9 +51,10 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, int]:
         local = torch.arange(n, device=z1.device) + distributed.rank() * n
         own = torch.cat([local, local + total])  # each anchor's own column
         partner = torch.cat([local + total, local])  # z1[i] <-> z2[i]
-        # The self-similarity (always 1/T) is no candidate; the official code subtracts 1e9.
+        # The self-similarity (always 1/T) is no candidate; the official code subtracts 1e9. The
+        # -inf is filled on the device: a tensor made of it on the host would be a blocking copy.
         rows = torch.arange(2 * n, device=z1.device)
-        logits = logits.index_put((rows, own), torch.tensor(float("-inf"), device=z1.device))
+        logits = logits.index_put((rows, own), logits.new_full((), float("-inf")))
 
         loss = (F.cross_entropy(logits[:n], partner[:n])
                 + F.cross_entropy(logits[n:], partner[n:]))

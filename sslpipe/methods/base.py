@@ -62,10 +62,12 @@ class Step:
 
 @dataclass
 class StepOutput:
-    """The loss to minimize (a scalar, float32) and metrics to log (0-dim tensors, not synced)."""
+    """The loss to minimize (a scalar, float32) and metrics to log: 0-dim tensors on the loss's
+    device for what is computed (summed there, read once per log line), Python numbers for what
+    the host knows (shapes, constants; a tensor made of one would be copied to the device each step)."""
 
     loss: torch.Tensor
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -139,10 +141,10 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
 
 
-def health_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`embedding_std` of (N, D) embeddings and its healthy reference 1/sqrt(D)."""
-    return {"embedding_std": embedding_std(z),
-            "embedding_std_ref": torch.tensor(z.shape[1] ** -0.5)}
+def health_metrics(z: torch.Tensor) -> dict[str, torch.Tensor | float]:
+    """`embedding_std` of (N, D) embeddings (a 0-dim tensor) and its healthy reference 1/sqrt(D)
+    (a float)."""
+    return {"embedding_std": embedding_std(z), "embedding_std_ref": z.shape[1] ** -0.5}
 
 
 def encode_groups(encoder: nn.Module, batch: Batch) -> list[torch.Tensor]:

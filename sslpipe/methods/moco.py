@@ -10,14 +10,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sslpipe import distributed
 from sslpipe.losses import info_nce
 from sslpipe.methods.base import Method, Step, StepOutput, health_metrics
 from sslpipe.methods.parts import FeatureQueue, MomentumEncoder
 from sslpipe.methods.views import ViewsNeeded
-from sslpipe.models import mlp
+from sslpipe.models import convert_global_batchnorm, mlp
 from sslpipe.models.split_batchnorm import split_batchnorm
 from sslpipe.optim.schedules import constant, cosine_to_one
 from sslpipe.pipeline.batch import Batch
@@ -32,7 +31,8 @@ class MoCoConfig:
     head: tuple[int, ...] = (2048, 128)  # MLP head 2048-2048-128 without BN (v2)
     # How the key encoder avoids sharing BN statistics with the queries: "shuffle" shuffles the
     # batch across processes; "split" computes BN over `bn_splits` sub-batches (one process);
-    # "sync" uses SyncBatchNorm in both encoders. "auto": shuffle with several processes, else split.
+    # "sync" uses the global batch's statistics in both encoders (GlobalBatchNorm2d). "auto": shuffle
+    # with several processes, else split.
     key_bn: Literal["auto", "shuffle", "split", "sync"] = "auto"
     bn_splits: int = 8
 
@@ -54,10 +54,8 @@ class MoCo(Method):
         self.key_bn = {"auto": "shuffle" if world > 1 else "split"}.get(config.key_bn, config.key_bn)
         if self.key_bn == "shuffle" and world == 1:
             raise ValueError("method.key_bn=shuffle needs several processes; with one use split")
-        if self.key_bn == "sync" and world > 1 and not torch.cuda.is_available():
-            raise ValueError("method.key_bn=sync needs GPUs (DDP refuses SyncBatchNorm on CPU): use shuffle")
         if self.key_bn == "sync":  # both encoders; the loop's model.sync_bn need not be set
-            self.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(self.backbone)
+            self.backbone = convert_global_batchnorm(self.backbone)
         if self.key_bn == "split":
             if (global_batch // world) % config.bn_splits:
                 raise ValueError(f"method.bn_splits ({config.bn_splits}) must divide the batch per "
@@ -89,7 +87,7 @@ class MoCo(Method):
         loss = info_nce(q, k, self.queue.rows.clone().detach(), self.config.temperature)
         keys = distributed.gather(k)  # every process's keys, so the queues stay identical
         self.queue.push(keys)
-        return StepOutput(loss, {"enqueued": torch.tensor(float(keys.shape[0])), **health_metrics(q)})
+        return StepOutput(loss, {"enqueued": float(keys.shape[0]), **health_metrics(q)})
 
     def _shuffle(self, x: torch.Tensor, step: Step):
         """Shuffle-BN: the key encoder sees another process's samples, so BN cannot leak the
@@ -100,7 +98,13 @@ class MoCo(Method):
         world, rank, n = distributed.world_size(), distributed.rank(), x.shape[0]
         # The same permutation on every process, drawn from (seed, step): no broadcast needed.
         generator = torch.Generator().manual_seed(step.seed * 1_000_003 + step.index)
-        order = torch.randperm(n * world, generator=generator).to(x.device)
+        order = torch.randperm(n * world, generator=generator)
+        # Drawn on the host (CPU randperm: the same numbers on any device), sent without blocking:
+        # from pageable memory a copy to a GPU waits for the queue; the pinned block is not reused
+        # before the copy is done (the caching host allocator records its stream).
+        if x.device.type == "cuda":
+            order = order.pin_memory()
+        order = order.to(x.device, non_blocking=True)
         mine = order.view(world, n)[rank]
         back = torch.argsort(order).view(world, n)[rank]
         return distributed.gather(x)[mine], lambda k: distributed.gather(k)[back]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from sslpipe.losses import nt_xent
 from sslpipe.methods.base import Method, Step, StepOutput, health_metrics
 from sslpipe.methods.views import ViewsNeeded
@@ -43,4 +41,4 @@ class SimCLR(Method):
         z = self.projector(self.backbone(batch.concat((0, 1))))   # (2N, D): one BN batch, as the paper
         z1, z2 = z.chunk(2)
         loss, candidates = nt_xent(z1, z2, self.config.temperature)
-        return StepOutput(loss, {"candidates": torch.tensor(float(candidates)), **health_metrics(z1)})
+        return StepOutput(loss, {"candidates": float(candidates), **health_metrics(z1)})

@@ -48,7 +48,7 @@ class ModelConfig:
     backbone: Literal[tuple(BACKBONES)] = "resnet50"
     small_images: bool = False     # 3x3 stride-1 stem and no max-pool, for 32-96 px images
     zero_init_residual: bool = False
-    sync_bn: bool = False          # SyncBatchNorm across processes (SimCLR, SwAV, SimSiam)
+    sync_bn: bool = False          # BatchNorm over the global batch (GlobalBatchNorm2d)
 
 
 @dataclass(frozen=True)

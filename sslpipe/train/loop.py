@@ -6,8 +6,8 @@
 Each process reads its own shards through a `ViewLoader` (never `accelerator.prepare`d: that
 would read on one process and broadcast); the method runs under DDP and autocast; schedules are
 arrays indexed by the global step. Read top to bottom: setup and resume (`train`), then
-`train_one_epoch`. What is saved and how a resume is checked: `checkpoint.py`; what the run
-folder holds: `run_folder.py`.
+`train_one_epoch` and its `train_step` (one host sync per step: the non-finite check). What is
+saved and how a resume is checked: `checkpoint.py`; what the run folder holds: `run_folder.py`.
 """
 
 from __future__ import annotations
@@ -24,21 +24,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from sslpipe import distributed
 from sslpipe.errors import SslpipeError
 from sslpipe.eval.features import extract_features
 from sslpipe.eval.knn import knn_evaluation
-from sslpipe.methods import METHODS, Method, Step
-from sslpipe.models import build_backbone
+from sslpipe.methods import METHODS, Method, Step, StepOutput
+from sslpipe.models import build_backbone, convert_global_batchnorm
 from sslpipe.optim import OPTIMIZERS, apply_schedule, constant, param_groups, scale_lr, warmup_cosine
+from sslpipe.pipeline.batch import Batch
 from sslpipe.pipeline.loader import ViewLoader
 from sslpipe.pipeline.spec import PipelineSpec, load_spec
 from sslpipe.train.checkpoint import Checkpointer, MethodRankState, Progress, RNGState
 from sslpipe.train.config import Config
+from sslpipe.train.memory import recipe_memory_warning
 from sslpipe.train.run_folder import MetricsWriter, RunFolder, save_backbone
 from sslpipe.train.window import Window
 
@@ -58,6 +61,10 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
     """Train `config`; returns the run folder. `resume`: "auto" (this run's last checkpoint), a
     checkpoint file or a run folder."""
     accelerator = _accelerator(config)
+    if accelerator.device.type == "cuda":
+        # Every step has the same shapes (one per size group), so cuDNN's search for the fastest
+        # convolution algorithms, run on each new shape, pays for itself after the first steps.
+        torch.backends.cudnn.benchmark = True
     run = RunFolder(Path(config.train.out) / config.train.run)
     checkpoint = None
     if resume is not None:
@@ -75,6 +82,9 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
     method = build_method(config)
     needed = method.views_needed()
     needed.check(spec, config.method_name)  # before any work: a spec that does not fit trains wrongly
+    warning = recipe_memory_warning(config, spec, world, accelerator.device, accelerator.mixed_precision)
+    if warning:  # before the minutes of start-up that a first step out of memory would waste
+        accelerator.print(warning, file=sys.stderr)
     loader = ViewLoader(spec, config.data.train, config.data.batch_size // world,
                         device=accelerator.device, rank=rank, world_size=world, seed=config.train.seed,
                         dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32,
@@ -84,15 +94,12 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
     steps_per_epoch, total_steps = len(loader), len(loader) * config.train.epochs
     schedules = build_schedules(config, method, steps_per_epoch, total_steps)
     sync_bn = config.model.sync_bn and world > 1
-    if sync_bn and accelerator.device.type != "cuda":
-        sync_bn = False  # DDP refuses SyncBatchNorm on CPU: each process normalizes its own batch
-        accelerator.print("sslpipe: model.sync_bn is ignored without GPUs: BatchNorm statistics stay "
-                          "per process", file=sys.stderr)
-    if sync_bn:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if sync_bn:  # the global batch's statistics, with no host sync per layer (SyncBatchNorm has one)
+        method = convert_global_batchnorm(method)
     memory_format = torch.channels_last if config.data.channels_last else torch.contiguous_format
     method = method.to(accelerator.device, memory_format=memory_format)
-    # The parts' buffers (queues, banks) are kept in step by the method on every process.
+    # The parts' buffers (queues, banks) are kept in step by the method on every process: DDP's
+    # broadcast of the initial state leaves them alone (no broadcast per step: `_accelerator`).
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, method.unsynced_buffers())
     optimizer = build_optimizer(config, method, schedules.peak_lr)
     model, optimizer = accelerator.prepare(method, optimizer)
@@ -158,35 +165,16 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
         batch = next(batches)
         waited = time.perf_counter() - started
 
-        index = progress.step
-        values = state.schedules.at(index)
-        apply_schedule(state.optimizer, values["lr"], values["weight_decay"])
-        step = Step(index=index, epoch=epoch, seed=config.train.seed, rank=acc.process_index, values=values,
-                    device=acc.device)
-        with acc.autocast():
-            out = state.model(batch, step)
-        skip = _nonfinite(acc, out.loss)
+        out, skip = train_step(state, batch, progress.step, epoch)
         if skip:
             progress.skipped += 1
-            if config.train.nonfinite_loss == "stop":
-                raise SslpipeError(
-                    f"the loss is {out.loss.item()} at step {index} (epoch {epoch}); stopped before updating "
-                    f"the weights. The last good checkpoint is {state.run.checkpoints / 'last.pt'} "
-                    f"(if any). Lower optim.lr, set optim.clip_grad_norm, or set train.nonfinite_loss=skip")
-        else:
-            state.optimizer.zero_grad(set_to_none=True)
-            acc.backward(out.loss)
-            state.method.before_optimizer_step(step)
-            if config.optim.clip_grad_norm is not None:
-                acc.clip_grad_norm_(state.model.parameters(), config.optim.clip_grad_norm)
-            state.optimizer.step()
-            state.method.after_optimizer_step(step)
         progress.step += 1
         done_in_epoch += 1
         window.add(None if skip else out, waited, time.perf_counter() - started,
                    batch.size * acc.num_processes)
 
         if progress.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
+            values = state.schedules.at(progress.step - 1)  # the step just done
             row = {"step": progress.step, "epoch": epoch, **window.means(acc), **values,
                    "momentum": config.optim.momentum, "skipped_steps": progress.skipped}
             state.metrics.write(row)
@@ -204,10 +192,40 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
         _online_knn(state, epoch)
 
 
+def train_step(state: TrainState, batch: Batch, index: int, epoch: int) -> tuple[StepOutput, bool]:
+    """Global step `index` on `batch`: the schedule's values, the forward, and (unless the loss is
+    non-finite on any process) backward and update. Returns the method's output and whether the
+    update was skipped; raises under `train.nonfinite_loss=stop`. One host sync: `_nonfinite`."""
+    acc, config = state.accelerator, state.config
+    values = state.schedules.at(index)
+    apply_schedule(state.optimizer, values["lr"], values["weight_decay"])
+    step = Step(index=index, epoch=epoch, seed=config.train.seed, rank=acc.process_index, values=values,
+                device=acc.device)
+    with acc.autocast():
+        out = state.model(batch, step)
+    skip = _nonfinite(acc, out.loss)
+    if skip:
+        if config.train.nonfinite_loss == "stop":
+            raise SslpipeError(
+                f"the loss is {out.loss.item()} at step {index} (epoch {epoch}); stopped before updating "
+                f"the weights. The last good checkpoint is {state.run.checkpoints / 'last.pt'} "
+                f"(if any). Lower optim.lr, set optim.clip_grad_norm, or set train.nonfinite_loss=skip")
+        return out, True
+    state.optimizer.zero_grad(set_to_none=True)
+    acc.backward(out.loss)
+    state.method.before_optimizer_step(step)
+    if config.optim.clip_grad_norm is not None:
+        acc.clip_grad_norm_(state.model.parameters(), config.optim.clip_grad_norm)
+    state.optimizer.step()
+    state.method.after_optimizer_step(step)
+    return out, False
+
+
 def _online_knn(state: TrainState, epoch: int) -> None:
     """Weighted kNN top-1 of the backbone on the held-out split, logged with the epoch's metrics."""
     acc, evaluation = state.accelerator, state.config.eval
     memory = evaluation.train or state.config.data.train
+    _rank0_norm_statistics(state.method.backbone)
     result = knn_evaluation(state.method.backbone, memory, evaluation.val, pipeline=evaluation.pipeline,
                             size=evaluation.size, k=evaluation.knn_k, temperature=evaluation.knn_temperature,
                             batch_size=evaluation.batch_size, device=acc.device)
@@ -220,12 +238,23 @@ def _feature_extractor(state: TrainState):
     """What `Method.on_epoch_start` gets: features of every training image, by global index."""
     def extract(module: torch.nn.Module) -> torch.Tensor:
         evaluation = state.config.eval
+        _rank0_norm_statistics(module)
         features = extract_features(module, state.config.data.train, spec=evaluation.pipeline,
                                     size=evaluation.size, batch_size=evaluation.batch_size,
                                     device=state.accelerator.device, desc="features of the training images")
         return features.features
 
     return extract
+
+
+def _rank0_norm_statistics(module: torch.nn.Module) -> None:
+    """Rank 0's BatchNorm running statistics on every process, before an evaluation in eval mode:
+    with per-process BN they differ by rank (DDP broadcasts no buffers), and each process extracts
+    its share of the features, which must come from one model, the one rank 0 saves."""
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.modules.batchnorm._NormBase) and norm.track_running_stats:
+            for statistic in (norm.running_mean, norm.running_var, norm.num_batches_tracked):
+                distributed.broadcast_(statistic)
 
 
 def _nonfinite(acc: Accelerator, loss: torch.Tensor) -> bool:
@@ -247,9 +276,15 @@ def _accelerator(config: Config) -> Accelerator:
     # that trains twice (a notebook, the tests) gets each run's own precision. The distributed
     # state (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
+    # DDP would broadcast rank 0's buffers before every forward: MoCo's 65536-row queue, a memory
+    # bank, every BatchNorm's statistics, each step for nothing. The parts keep theirs identical (or
+    # per rank) themselves, and training-mode BN reads no running statistics. With per-process BN
+    # they now differ by rank; rank 0's are what checkpoints and the exported backbone hold, and
+    # what evaluation during training takes (`_rank0_norm_statistics`).
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     # cpu=True on a machine without CUDA: Accelerate then runs several processes over gloo.
     return Accelerator(cpu=not cuda, mixed_precision=precision, project_dir=str(run_dir),
-                       log_with="tensorboard" if tensorboard else None)
+                       log_with="tensorboard" if tensorboard else None, kwargs_handlers=[ddp])
 
 
 def build_method(config: Config) -> Method:

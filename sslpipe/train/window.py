@@ -8,18 +8,27 @@ from sslpipe.methods import StepOutput
 
 
 class Window:
-    """Metrics accumulated between two log lines. They stay on the device until `means`: no host
-    sync per step for logging."""
+    """Metrics accumulated between two log lines, with no host sync per step: tensors on the loss's
+    device are summed there, everything else (Python numbers, host tensors) on the host, until
+    `means` reads them all at once."""
 
     def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # on the loss's device
+        # Values made on the host (shapes, constants): moving each to the device every step would
+        # be a blocking copy from pageable memory, so they are summed here and sent once, in `means`.
+        self.host_sums: dict[str, float] = {}
+        self.device: torch.device | None = None
         self.measured, self.waited, self.elapsed, self.images = 0, 0.0, 0.0, 0
 
     def add(self, out: StepOutput | None, waited: float, elapsed: float, images: int) -> None:
         """One step's timing, and its metrics unless it was skipped (`out` None: a non-finite loss)."""
         if out is not None:
+            self.device = out.loss.device
             for name, value in {"loss": out.loss, **out.metrics}.items():
-                self.sums[name] = self.sums.get(name, 0) + value.detach().float().to(out.loss.device)
+                if isinstance(value, torch.Tensor) and value.device == self.device:
+                    self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+                else:  # float() of a host tensor reads host memory: no device sync
+                    self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
             self.measured += 1
         self.waited, self.elapsed = self.waited + waited, self.elapsed + elapsed
         self.images += images
@@ -27,9 +36,16 @@ class Window:
     def means(self, accelerator) -> dict[str, float]:
         """The metrics' means over the window's measured steps and all processes (one reduce), and
         the throughput: images/s and the share of step time spent waiting for data."""
-        names, values = sorted(self.sums), []
-        if names:  # every process skips the same steps, so all take part in this reduce or none
-            stacked = torch.stack([self.sums[n] for n in names]) / self.measured
-            values = accelerator.reduce(stacked, reduction="mean").tolist()
-        return {**dict(zip(names, values)), "images_per_s": self.images / self.elapsed,
+        names, host = sorted(self.sums), sorted(self.host_sums)
+        means: dict[str, float] = {}
+        # Every process skips the same steps and its method returns the same names, so all take
+        # part in this reduce or none.
+        if names or host:
+            stacked = [torch.stack([self.sums[n] for n in names])] if names else []
+            if host:  # host values may differ by process too: one copy per log line, not per step
+                stacked.append(torch.tensor([self.host_sums[n] for n in host], device=self.device))
+            reduced = accelerator.reduce(torch.cat(stacked) / self.measured, reduction="mean").tolist()
+            for name, value in zip(names + host, reduced):  # a name may have come both ways
+                means[name] = means.get(name, 0.0) + value
+        return {**dict(sorted(means.items())), "images_per_s": self.images / self.elapsed,
                 "data_wait": self.waited / self.elapsed}

@@ -63,7 +63,7 @@ LR = 0.005
 def _check_output(out, dim):
     assert out.loss.ndim == 0 and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert {"embedding_std", "embedding_std_ref"} <= set(out.metrics)
-    assert out.metrics["embedding_std_ref"].item() == pytest.approx(dim ** -0.5)
+    assert out.metrics["embedding_std_ref"] == pytest.approx(dim ** -0.5)  # a float: known on the host
     assert 0 < out.metrics["embedding_std"].item() < 1
 
 
@@ -121,7 +121,7 @@ def test_simclr_loss_is_nt_xent_of_the_projections():
     partner = torch.cat([torch.arange(N) + N, torch.arange(N)])
     by_hand = F.cross_entropy(logits[:N], partner[:N]) + F.cross_entropy(logits[N:], partner[N:])
     torch.testing.assert_close(out.loss, by_hand)
-    assert out.metrics["candidates"].item() == candidates == 2 * N
+    assert out.metrics["candidates"] == candidates == 2 * N
 
 
 # ---------------------------------------------------------------- MoCo
@@ -192,7 +192,7 @@ def test_moco_queue_receives_the_keys_at_its_position_and_wraps():
         before = method.queue.rows.clone()
         with torch.no_grad():
             out = method(_batch(_views(seed=10 + i)), _momentum(0.99, index=i))
-        assert out.metrics["enqueued"].item() == N
+        assert out.metrics["enqueued"] == N
         assert int(method.queue.position) == (start + N) % (2 * N)
         changed = (method.queue.rows != before).any(dim=1)
         assert changed[start:start + N].all() and not changed[:start].any() and not changed[start + N:].any()
@@ -516,4 +516,4 @@ def test_embedding_std_is_one_over_sqrt_d_when_healthy_and_zero_when_collapsed()
     assert embedding_std(5 * healthy).item() == pytest.approx(embedding_std(healthy).item())
     metrics = health_metrics(healthy.half())
     assert metrics["embedding_std"].dtype == torch.float32
-    assert metrics["embedding_std_ref"].item() == pytest.approx(0.125)
+    assert metrics["embedding_std_ref"] == pytest.approx(0.125)
