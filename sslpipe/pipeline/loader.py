@@ -7,7 +7,7 @@
             ...
 
 Stages, top to bottom: shard list (checked) -> DALI (read, decode, crop, flip; one pipeline
-per epoch, the next one built on a thread while an epoch ends) -> uint8 views grouped by size ->
+per epoch, on a GPU the next one built on a thread while an epoch ends) -> uint8 views grouped by size ->
 photometric stage (the op table, Kornia transforms, normalize) -> `Batch` (views, size groups,
 labels, global sample index, lazy keys).
 
@@ -65,6 +65,8 @@ class ViewLoader:
             random crops are then drawn by DALI's `random_crop_generator` (the same distribution
             as the fused `random_resized_crop`, other draws; its cost is in docs/benchmarks.md).
         size: rescale the spec to this size (`PipelineSpec.resized`), e.g. `eval` for 64-px images.
+        compile: run the photometric stage through `torch.compile` (default: on a GPU; if compiling
+            fails it warns once and runs eagerly, with the same values).
     """
 
     def __init__(self, spec: str | Path | PipelineSpec, shards, batch_size: int, *,
@@ -73,7 +75,7 @@ class ViewLoader:
                  channels_last: bool = False, normalize: bool = True, decode: DecodeMode = "once",
                  decoder: DecoderOptions = DecoderOptions(), num_threads: int | None = None,
                  shuffle_buffer: int = 4096, prefetch: int = 2, windows: bool = False,
-                 size: int | None = None):
+                 size: int | None = None, compile: bool | None = None):
         self.spec = load_spec(spec, size)
         self.device = _device(device)
         self.rank, self.world_size = _place(rank, world_size)
@@ -96,13 +98,20 @@ class ViewLoader:
         self._groups = _size_groups(self.spec)
         try:
             self._stages = [PhotometricStage([self.spec.views[i] for i in members], batch_size, self.device,
-                                             normalize=normalize, dtype=dtype, channels_last=channels_last)
+                                             normalize=normalize, dtype=dtype, channels_last=channels_last,
+                                             compile=self.device.type == "cuda" if compile is None else compile)
                             for _, members in self._groups]
         except ValueError as e:
             raise SslpipeError(f"{self.spec.source}: {e}") from None
         self.epoch, self._position = 0, 0
         self._pipe, self._pipe_epoch, self._checkpoint = None, None, None
+        self._scheduled: int | None = None  # the epoch's batches the current pipeline was asked for (`_run`)
         self._ahead: _Ahead | None = None  # the next epoch's pipeline, building or built (see `__iter__`)
+        # On a GPU the next epoch's pipeline is built ahead (`__iter__`). On the CPU, where DALI's CPU
+        # operators already keep every core busy, a second pipeline moves the epoch's start-up onto
+        # the previous epoch's batches (the one after its start took ~2x a steady batch, against
+        # ~1.3x for an epoch's first batch built at its start; docs/benchmarks.md, bench_loader_host).
+        self._builds_ahead = self.device.type == "cuda"
         self._failed: str | None = None  # why the loader stopped; it cannot go on from there
         self._held = None  # the last batch's DALI outputs (see `_run`)
 
@@ -122,8 +131,8 @@ class ViewLoader:
     def __iter__(self):
         """The remaining batches of the current epoch; the epoch then advances by one.
 
-        Near the end of a training epoch the next epoch's pipeline is built, and its first batch
-        run, on a thread (`_Ahead`), so that the next epoch does not start with DALI's build and
+        On a GPU, near the end of a training epoch the next epoch's pipeline is built, and its first
+        batch run, on a thread (`_Ahead`), so that the next epoch does not start with DALI's build and
         shuffle-buffer fill: at most one such pipeline, dropped by `set_epoch` to another epoch."""
         self._check_usable()
         if self._position == self._len:  # the last batch was taken, but the loop stopped before the end
@@ -216,12 +225,13 @@ class ViewLoader:
             if ahead is not None:
                 ahead.join()  # never two pipelines besides the current one
             self._pipe, self._outputs = self._build(self.epoch, self._checkpoint)
-            self._pipe_epoch, self._checkpoint = self.epoch, None
+            self._pipe_epoch, self._checkpoint, self._scheduled = self.epoch, None, None
             return None
         ahead.join()
         if ahead.error is not None:
             raise ahead.error  # as if raised here (`_build`'s SslpipeError)
         self._pipe, self._outputs, self._pipe_epoch = ahead.pipe, ahead.names, self.epoch
+        self._scheduled = self.prefetch  # its first run asked for `prefetch` batches
         if ahead.dali_error is not None:
             self._fail(ahead.dali_error)  # its first batch failed: as in `_run`
         if ahead.stream is not None:
@@ -235,7 +245,7 @@ class ViewLoader:
         last sample, since it runs ahead of the batches handed out by the shuffle buffer and the
         prefetch queue; the next pipeline's own fill then overlaps this epoch's last batches."""
         runs_ahead = -(-self.shuffle_buffer // self.batch_size) + self.prefetch
-        return self.train and self._len - self._position <= runs_ahead
+        return self._builds_ahead and self.train and self._len - self._position <= runs_ahead
 
     def _build_ahead(self) -> None:
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
@@ -252,14 +262,24 @@ class ViewLoader:
                                f"resume from a saved state_dict() in a new loader")
 
     def _run(self):
+        """The next batch's DALI outputs. DALI's `run()` would ask for one more batch each time, so
+        that a pipeline computes `prefetch - 1` batches past the epoch's end, which nobody takes:
+        work in the way of the next epoch's pipeline. Here the pipeline is asked for batches up
+        to the epoch's end only (its first run still asks for `prefetch`)."""
         try:
+            if self._scheduled is None:
+                self._pipe.schedule_run()  # DALI's prefetch: `prefetch` batches
+                self._scheduled = self._position + self.prefetch
+            elif self._scheduled < self._len:
+                self._pipe.schedule_run()
+                self._scheduled += 1
             if self.device.type == "cuda":
                 # Outputs ordered on torch's stream, not host-synchronous. The previous batch's
                 # outputs are kept alive one batch longer, until well after their copies were queued.
-                outputs = self._pipe.run(torch.cuda.current_stream(self.device))
+                outputs = self._pipe.outputs(torch.cuda.current_stream(self.device))
                 self._held = outputs
                 return outputs
-            return self._pipe.run()
+            return self._pipe.outputs()
         except RuntimeError as e:
             self._fail(e)
 
@@ -354,7 +374,8 @@ class _Ahead:
             self.error = e
             return
         try:
-            self.outputs = pipe.run(self.stream) if self.stream is not None else pipe.run()
+            pipe.schedule_run()  # as `ViewLoader._run`: DALI's prefetch, `prefetch` batches
+            self.outputs = pipe.outputs(self.stream)
         except RuntimeError as e:
             self.dali_error = e.with_traceback(None)  # no frame of this thread keeps `pipe` alive
         self.pipe = pipe

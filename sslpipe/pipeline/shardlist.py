@@ -8,6 +8,7 @@ not match its tar, a sample without an image or a label.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,14 @@ class SampleIndex:
 
     def of_source(self, source: str) -> int:
         """The index of the sample DALI describes as `shard.tar:offset:member`."""
+        if source.count(":") < 2:
+            raise _no_sample(source)
         path, offset, member = source.rsplit(":", 2)
         ordinal = self._ordinal.get(path)
         offsets = self._offsets[ordinal] if ordinal is not None else None
-        position = int(np.searchsorted(offsets, int(offset))) if offsets is not None else -1
-        if offsets is None or position >= len(offsets) or offsets[position] != int(offset):
+        offset = int(offset) if offset.isascii() and offset.isdecimal() and len(offset) < 19 else -1
+        position = int(np.searchsorted(offsets, offset)) if offsets is not None else -1
+        if offsets is None or position >= len(offsets) or offsets[position] != offset:
             raise _no_sample(source)
         return int(self.starts[ordinal]) + position
 
@@ -74,14 +78,14 @@ class SampleIndex:
         # The few distinct shard paths of a batch: each row's path, NUL-filled to W, as one value.
         paths = np.where(np.arange(width) < middle[:, None], rows, 0)
         unique, inverse = np.unique(paths.view(f"V{width}").ravel(), return_inverse=True)
-        ordinals = np.array([self._ordinal.get(u.tobytes().rstrip(b"\0").decode(), -1) for u in unique],
+        ordinals = np.array([self._ordinal.get(os.fsdecode(u.tobytes().rstrip(b"\0")), -1) for u in unique],
                             dtype=np.int64)[inverse.ravel()]
         keys = ordinals * self._stride + offsets
         found = numeric & split & (ordinals >= 0) & (offsets < self._stride)
         at = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
         found &= self._sorted_keys[at] == keys
         if not found.all():
-            raise _no_sample(rows[int(np.argmin(found))].tobytes().rstrip(b"\0").decode(errors="replace"))
+            raise _no_sample(os.fsdecode(rows[int(np.argmin(found))].tobytes().rstrip(b"\0")))
         return self._order[at]
 
     def locate(self, index: int) -> tuple[Shard, int]:
@@ -100,25 +104,39 @@ def _no_sample(source: str) -> SslpipeError:
                         f"the shard list (was the shard rewritten since the loader started?)")
 
 
-# The bytes int() strips around a number (ASCII whitespace), and NUL, DALI's padding.
-_SPACE = np.zeros(256, dtype=bool)
-_SPACE[list(b" \t\n\v\f\r\0")] = True
+# The bytes int() strips around a number (ASCII whitespace); on the right also NUL, DALI's padding.
+_BLANK = np.zeros(256, dtype=bool)
+_BLANK[list(b" \t\n\v\f\r")] = True
+_PADDED = _BLANK.copy()
+_PADDED[0] = True
 _POWERS = 10 ** np.arange(19, dtype=np.int64)  # units first; int64 holds any 18-digit decimal
+_INT64 = range(-2**63, 2**63)
 
 
 def cls_values(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B,) int64 labels from `rows` (B, W) uint8, each a `.cls` zero-padded on the right, and (B,)
     bool: which rows are an integer as `int()` reads one (ASCII digits after an optional sign,
-    whitespace around, here NUL too). Unlabeled shards hold -1."""
-    if rows.shape[1] == 0:  # every .cls of the batch empty
-        return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
-    text = ~_SPACE[rows]
-    first = np.argmax(text, axis=1)  # a row of spaces only: its "digits" are spaces, so not ok below
-    stop = rows.shape[1] - np.argmax(text[:, ::-1], axis=1)
-    sign = rows[np.arange(len(rows)), first]
-    negative = sign == ord("-")
-    value, ok = _decimal(rows, first + (negative | (sign == ord("+"))), stop)
-    return np.where(negative, -value, value), ok
+    whitespace around) that int64 holds. Trailing NULs are taken for padding. Unlabeled shards hold -1.
+
+    Up to 18 digits are parsed here for the whole batch at once; the rows that are not (19 digits
+    or more, leading zeros included, or `_` between digits) are then read by `int()` one by one,
+    so that every row is either `int()`'s value or flagged, never another number."""
+    values, ok = np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
+    if rows.shape[1]:  # else every .cls of the batch is empty
+        first = np.argmax(~_BLANK[rows], axis=1)  # a blank row: its "digits" are blanks or NUL, not ok
+        stop = rows.shape[1] - np.argmax(~_PADDED[rows][:, ::-1], axis=1)
+        sign = rows[np.arange(len(rows)), first]
+        negative = sign == ord("-")
+        values, ok = _decimal(rows, first + (negative | (sign == ord("+"))), stop)
+        values = np.where(negative, -values, values)
+    for j in np.flatnonzero(~ok):  # rare: not an integer (the loader then stops), or a long one
+        try:
+            value = int(rows[j].tobytes().rstrip(b"\0"))
+        except ValueError:
+            continue
+        if value in _INT64:
+            values[j], ok[j] = value, True
+    return values, ok
 
 
 def _last_two(rows: np.ndarray, byte: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
