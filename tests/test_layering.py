@@ -1,7 +1,7 @@
 """The package's layers: no module imports a package of a higher layer (nor a sibling of its own).
 
     0  errors                                       the one exception type
-    1  typed, seeds, files, distributed             foundations
+    1  typed, seeds, files, distributed, counting   foundations
     2  models, losses, optim, shards, fixtures      tools without a view of the data path
     3  pipeline                                     spec -> DALI -> photometric stage -> batches
     4  methods, eval                                the method contract; the evaluation protocols
@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "sslpipe"
 LAYERS = [
     {"errors"},
-    {"typed", "seeds", "files", "distributed"},
+    {"typed", "seeds", "files", "distributed", "counting"},
     {"models", "losses", "optim", "shards", "fixtures"},
     {"pipeline"},
     {"methods", "eval"},

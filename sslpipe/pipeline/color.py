@@ -76,18 +76,23 @@ def shift_hue(x: torch.Tensor, turns: torch.Tensor, where: torch.Tensor | None =
     difference = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
     sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0))
     hue = torch.addcmul(sector, difference, inverse).add_(turns.view(-1, 1, 1) * 6).remainder_(6)
-    out = torch.empty_like(x)
+    compiling = torch.compiler.is_compiling()  # there `out=` a strided slice is unsupported
+    out = None if compiling else torch.empty_like(x)
+    channels = []
     for channel, own in enumerate((0.0, 2.0, 4.0)):  # red, green, blue
         distance = hue.sub(own).abs_()
         if channel == 0:  # around the circle: h in [0, 6) is 6 - h from red the other way
             distance = torch.minimum(distance, 6 - distance)
         # (green's and blue's distances are not wrapped: past 3 the clamp saturates anyway)
         shifted = torch.addcmul(value, chroma, distance.sub_(1).clamp_(0, 1), value=-1)
-        if where is None:
+        if compiling:
+            kept = shifted if where is None else torch.where(where.view(-1, 1, 1), shifted, x[:, channel])
+            channels.append(kept)
+        elif where is None:
             out[:, channel] = shifted
         else:
             torch.where(where.view(-1, 1, 1), shifted, x[:, channel], out=out[:, channel])
-    return out
+    return torch.stack(channels, dim=1) if compiling else out
 
 
 def affine(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,11 @@ def jitter_affine(brightness: torch.Tensor, contrast: torch.Tensor, saturation: 
     brightness f: f I. contrast f: f I and (1 - f) m. saturation f: f I + (1 - f) 1 w^T, w the
     luma weights, since luma(x) = w . x.
     """
-    eye, weights = _eye_and_luma(brightness.device)
+    if torch.compiler.is_compiling():  # constants of the graph
+        eye = torch.eye(3, device=brightness.device)
+        weights = torch.tensor([GRAY_WEIGHTS], device=brightness.device)
+    else:
+        eye, weights = _eye_and_luma(brightness.device)
     scale = brightness * contrast
     matrix = (scale * saturation).view(-1, 1, 1) * eye + (scale * (1 - saturation)).view(-1, 1, 1) * weights
     offset = torch.zeros_like(brightness) if mean is None else (1 - contrast) * mean

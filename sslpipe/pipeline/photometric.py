@@ -165,7 +165,11 @@ class PhotometricStage:
         """The select strategy: uint8 -> float32, every op on the whole batch (gathering the drawn
         samples would need their count on the host, a sync), then, without Kornia transforms to
         follow, the normalization and the output cast in the same pass."""
-        x = torch.div(images, 255, out=torch.empty(images.shape, dtype=torch.float32, device=images.device))
+        if torch.compiler.is_compiling():
+            x = images.to(torch.float32) / 255
+        else:  # in one pass, not a cast and then a division
+            out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+            x = torch.div(images, 255, out=out)
         for op in self.ops:
             x = op.select(x, params[op.key])
         if self.kornia is not None:
@@ -176,6 +180,9 @@ class PhotometricStage:
         """(x - mean) / std as x * (1 / std) - mean / std, written straight into the output dtype
         and layout."""
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if torch.compiler.is_compiling():  # fused anyway; `out=` a channels-last tensor is unsupported
+            x = torch.addcmul(self._shift, x, self._scale) if self._normalize else x
+            return x.to(self.dtype, memory_format=memory_format)
         out = torch.empty(x.shape, dtype=self.dtype, device=x.device, memory_format=memory_format)
         if not self._normalize:
             return out.copy_(x)

@@ -3,6 +3,7 @@
 import colorsys
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -356,3 +357,45 @@ def test_cpu_stage_runs_on_one_thread_and_restores_the_count(monkeypatch):
 def test_the_blocks_strategy_is_for_the_cpu_only():
     with pytest.raises(ValueError, match="strategy='blocks' is the CPU's"):
         PhotometricStage([view()], 2, "cuda", strategy="blocks")
+
+
+def test_the_compiled_select_path_equals_eager():
+    """torch.compile of the device path (the CUDA default), here with the CPU backend: BYOL's two
+    views (blur and solarize drawn differently) and a channels-last output."""
+    torch._dynamo.reset()
+    views = load_spec("byol").views
+    imgs = images(16, size=32, seed=4)
+    eager = PhotometricStage(views, 8, "cpu", strategy="select", channels_last=True)
+    compiled = PhotometricStage(views, 8, "cpu", strategy="select", channels_last=True, compile=True)
+    p = eager.sample(3)
+    assert 0 < int(drawn(p, "solarize").sum()) < 16 and 0 < int(drawn(p, "jitter").sum()) < 16
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled.apply(imgs, p)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]  # no fallback to eager
+    assert compiled._compiled is not None
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    # Equal up to float32 rounding: inductor reorders and fuses the arithmetic.
+    assert torch.allclose(out, eager.apply(imgs, p), atol=1e-5)
+
+
+def test_a_failed_compile_warns_once_and_runs_eagerly():
+    views = load_spec("simclr").views
+    stage = PhotometricStage(views, 2, "cpu", strategy="select", compile=True)
+
+    def broken(images, params):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    stage._compiled = broken
+    imgs, p = images(4, size=16), stage.sample(1)
+    failed = r"torch.compile failed .*RuntimeError: no C\+\+ compiler\); running it"
+    with pytest.warns(UserWarning, match=failed):
+        out = stage.apply(imgs, p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = stage.apply(imgs, p)
+    assert not caught  # warned once only
+    reference = PhotometricStage(views, 2, "cpu", strategy="select").apply(imgs, p)
+    assert torch.equal(out, reference) and torch.equal(again, reference)
+    with pytest.raises(ValueError, match="compile=True compiles the select strategy"):
+        PhotometricStage(views, 2, "cpu", strategy="blocks", compile=True)
