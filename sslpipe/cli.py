@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from sslpipe import __version__
 from sslpipe.errors import SslpipeError
+from sslpipe.train.stop import TrainingStopped
 
 # The cores this process may use (a container or a batch job may allow fewer than the machine has).
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -20,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except TrainingStopped as e:
+        if e.main_process:
+            print(f"sslpipe: {e}\ncontinue with: {_resume_command(args)}", file=sys.stderr)
+        return e.exit_code
     except SslpipeError as e:
         print(f"sslpipe: error: {e}", file=sys.stderr)
         return 2
@@ -243,9 +249,22 @@ def _run_train(args) -> int:
     from sslpipe.train.config import load_config
     from sslpipe.train.loop import train
 
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume optim.lr=0.1`: argparse gave the override to --resume as its PATH
+        args.overrides, args.resume = [*args.overrides, args.resume], "auto"
+
     run_dir = train(load_config(args.recipe, args.overrides), resume=args.resume)
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _resume_command(args) -> str:
+    """The command that continues a stopped run (under a launcher, its own command with these)."""
+    words = ["sslpipe", "train", args.recipe, *args.overrides, "--resume"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by accelerate launch, torchrun
+        launch = shlex.join(words[2:])
+        return f"the same launch with --resume: accelerate launch ... -m sslpipe.train {launch}"
+    return shlex.join(words)
 
 
 def _run_eval(args) -> int:

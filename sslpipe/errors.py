@@ -1,4 +1,7 @@
-"""The one exception type for problems with the user's input, files or settings."""
+"""The one exception type for problems with the user's input, files or settings, and how a
+failed write is put in its message."""
+
+import errno
 
 
 class SslpipeError(Exception):
@@ -6,3 +9,12 @@ class SslpipeError(Exception):
 
     The command line prints the message without a traceback and exits with status 2.
     """
+
+
+def describe_os_error(error: OSError, path) -> str:
+    """A failed write in words, naming `path`: "no space left on out/run" for a full disk."""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on {path}"
+    if error.errno == errno.EDQUOT:
+        return f"disk quota exceeded on {path}"
+    return f"cannot write to {path}: {error.strerror or error}"

@@ -92,3 +92,12 @@ def convert(hint, value, where: str, source: str):
             raise wrong("a string")
         return value
     raise TypeError(f"unsupported field type {hint}")  # a bug in the dataclass, not in the data
+
+
+def yaml_problem(error) -> str:
+    """A `yaml.YAMLError` on one line: what is wrong and where (PyYAML's own text takes five)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem

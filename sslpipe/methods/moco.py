@@ -39,6 +39,8 @@ class MoCoConfig:
     def __post_init__(self):
         if self.temperature <= 0 or self.queue_size < 1 or not 0 <= self.momentum <= 1:
             raise ValueError("temperature > 0, queue_size >= 1 and momentum in [0, 1] are required")
+        if self.bn_splits < 1:
+            raise ValueError(f"bn_splits must be >= 1, got {self.bn_splits}")
 
 
 class MoCo(Method):

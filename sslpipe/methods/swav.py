@@ -34,6 +34,11 @@ class SwAVConfig:
     def __post_init__(self):
         if self.prototypes < 1 or self.temperature <= 0 or self.epsilon <= 0 or self.global_crops < 1:
             raise ValueError("prototypes >= 1, temperature > 0, epsilon > 0, global_crops >= 1 required")
+        if self.sinkhorn_iterations < 1:  # no iteration: the codes would be no assignment at all
+            raise ValueError(f"sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
+        for name in ("freeze_prototypes_steps", "queue_length", "queue_start_epoch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class SwAV(Method):

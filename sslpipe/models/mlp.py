@@ -26,6 +26,8 @@ def mlp(dims: Sequence[int], *, norm: bool = True, norm_last: bool = False,
     dims = [int(d) for d in dims]
     if len(dims) < 2:
         raise ValueError(f"mlp needs at least an input and an output size, got dims={dims}")
+    if min(dims) < 1:
+        raise ValueError(f"every layer of an MLP needs a width >= 1, got {dims}")
     layers: list[nn.Module] = []
     for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == len(dims) - 2

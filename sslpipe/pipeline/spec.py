@@ -24,7 +24,7 @@ from sslpipe.files import shipped_folder
 from sslpipe.pipeline.ops import OPS, Blur, ColorJitter, Grayscale, Solarize
 from sslpipe.pipeline.ops.base import probability
 from sslpipe.pipeline.ops.kornia_transforms import KorniaTransform, parse_kornia
-from sslpipe.typed import build
+from sslpipe.typed import build, yaml_problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -252,7 +252,7 @@ def _read_spec(spec: str | Path) -> PipelineSpec:
     except OSError as e:
         raise SslpipeError(f"{path}: cannot read the pipeline spec: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise SslpipeError(f"{path}: not valid YAML: {e}") from None
+        raise SslpipeError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     return parse_spec(data, str(path))
 
 

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from sslpipe.errors import SslpipeError
+from sslpipe.errors import SslpipeError, describe_os_error
 
 LAST = "last.pt"
 VERSION = 2
@@ -145,16 +145,29 @@ def _plain(value):
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     """Write `state` as `folder/step-<step>.pt`, point `last.pt` at it, keep the `keep` newest."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
     temporary = folder / f".{path.name}.tmp"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as f:
-            torch.save(state, f)
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:  # torch reports a failed write as its own error, without the errno
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:  # a full disk, Ctrl-C: the previous checkpoints stay as they were
+    except BaseException as e:  # a full disk, Ctrl-C: the previous checkpoints stay as they were
         temporary.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            previous = folder / LAST
+            kept = (f"the previous checkpoint {previous} is intact" if previous.is_file()
+                    else "no earlier checkpoint was written")
+            raise SslpipeError(f"{describe_os_error(e, folder)} while saving the checkpoint of step {step}: "
+                               f"nothing of it was kept, {kept}; free space and continue with --resume"
+                               ) from None
         raise
     os.replace(temporary, path)
     last = folder / f".{LAST}.tmp"
@@ -167,6 +180,23 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     for old in sorted(folder.glob("step-*.pt"))[:-keep or None]:
         old.unlink()
     return path
+
+
+class _Writer:
+    """A file's `write`, keeping the OSError that torch.save turns into a RuntimeError without errno."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def load_checkpoint(path: Path) -> dict:

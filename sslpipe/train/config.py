@@ -25,7 +25,7 @@ from sslpipe.files import shipped_recipe
 from sslpipe.methods import METHODS
 from sslpipe.models import BACKBONES
 from sslpipe.optim import OPTIMIZERS, SCALE_RULES
-from sslpipe.typed import build
+from sslpipe.typed import build, yaml_problem
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class DataConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 (or null: this process's share of the cores), "
+                             f"got {self.num_threads}")
+        if self.shuffle_buffer < 1:  # DALI crashes the process on 0 or less
+            raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ class OptimConfig:
         for name in ("lr", "weight_decay", "final_lr_ratio", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.final_lr_ratio > 1:
+            raise ValueError(f"final_lr_ratio must be <= 1 (the cosine decays), got {self.final_lr_ratio}")
+        if self.eta <= 0:
+            raise ValueError(f"eta must be > 0, got {self.eta}")
         if self.final_weight_decay is not None and self.final_weight_decay < 0:
             raise ValueError(f"final_weight_decay must be >= 0, got {self.final_weight_decay}")
         if not 0 <= self.momentum < 1:
@@ -99,6 +108,12 @@ class TrainConfig:
         for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < (1 if name == "log_every" else 0):
                 raise ValueError(f"{name} must be >= {1 if name == 'log_every' else 0}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null: every epoch), got {self.max_steps}")
+        run = Path(self.run or ".")
+        if self.run is not None and (not self.run or run.is_absolute() or ".." in run.parts):
+            # the run folder is <out>/<run>: a run name that leaves `out` would write elsewhere
+            raise ValueError(f"run must be a name (or a relative path) inside train.out, got {self.run!r}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,8 @@ class EvalConfig:
             raise ValueError("every_epochs >= 0, batch_size >= 1 and knn_temperature > 0 are required")
         if self.size is not None and self.size < 1:
             raise ValueError(f"size must be >= 1 (or null: the specs' own), got {self.size}")
+        if self.knn_k is not None and self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1 (or null: the default), got {self.knn_k}")
 
 
 @dataclass(frozen=True)
@@ -156,7 +173,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise SslpipeError(f"{path}: not valid YAML: {e}") from None
+            raise SslpipeError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise SslpipeError(f"{path}: a recipe is a mapping of sections (method, {', '.join(SECTIONS)})")
     run = Path(recipe).stem if recipe else "run"
@@ -199,7 +216,7 @@ def _apply_override(data: dict, override: str) -> str:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SslpipeError(f"override {override!r}: the value is not valid YAML: {e}") from None
+        raise SslpipeError(f"override {override!r}: the value is not valid YAML: {yaml_problem(e)}") from None
     section, name = parts
     if section != "method" and section not in SECTIONS:
         raise SslpipeError(f"override {override!r}: {section}: unknown section "

@@ -16,10 +16,11 @@ import hashlib
 import importlib.util
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,13 @@ from sslpipe.models import build_backbone, convert_global_batchnorm
 from sslpipe.optim import OPTIMIZERS, apply_schedule, constant, param_groups, scale_lr, warmup_cosine
 from sslpipe.pipeline.batch import Batch
 from sslpipe.pipeline.loader import ViewLoader
+from sslpipe.pipeline.shardlist import resolve_shards
 from sslpipe.pipeline.spec import PipelineSpec, load_spec
-from sslpipe.train.checkpoint import Checkpointer, MethodRankState, Progress, RNGState
+from sslpipe.train.checkpoint import LAST, Checkpointer, MethodRankState, Progress, RNGState
 from sslpipe.train.config import Config
 from sslpipe.train.memory import recipe_memory_warning
 from sslpipe.train.run_folder import MetricsWriter, RunFolder, save_backbone
+from sslpipe.train.stop import StopSignals, TrainingStopped
 from sslpipe.train.window import Window
 
 
@@ -66,16 +69,16 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
         # convolution algorithms, run on each new shape, pays for itself after the first steps.
         torch.backends.cudnn.benchmark = True
     run = RunFolder(Path(config.train.out) / config.train.run)
-    checkpoint = None
-    if resume is not None:
-        checkpoint = RunFolder.find_checkpoint(run.path if str(resume) == "auto" else resume)
-    if checkpoint is None and run.checkpoints.exists():
-        raise SslpipeError(f"{run.path} already holds checkpoints: add --resume to continue that run, "
-                           f"or choose another train.run")
+    checkpoint = _checkpoint_to_resume(run, resume, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     if config.data.batch_size % world:
         raise SslpipeError(f"data.batch_size={config.data.batch_size} (global) is not divisible by "
                            f"the {world} processes")
+    if config.data.batch_size // world < 2:
+        raise SslpipeError(f"data.batch_size={config.data.batch_size} leaves "
+                           f"{config.data.batch_size // world} image per process: training needs at least "
+                           f"2 (BatchNorm's batch statistics, the other images as negatives)")
+    _check_inputs(config)  # every file the run will read, before minutes of start-up and epochs
     torch.manual_seed(config.train.seed)  # the same initial weights on every process
 
     spec = load_spec(config.data.pipeline)
@@ -93,6 +96,10 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
                         windows=needed.windows)
     steps_per_epoch, total_steps = len(loader), len(loader) * config.train.epochs
     schedules = build_schedules(config, method, steps_per_epoch, total_steps)
+    if config.optim.warmup_epochs > config.train.epochs:  # a short trial of a long recipe, maybe
+        accelerator.print(f"sslpipe: warning: optim.warmup_epochs={config.optim.warmup_epochs:g} is longer "
+                          f"than train.epochs={config.train.epochs}: the rate never reaches its peak",
+                          file=sys.stderr)
     sync_bn = config.model.sync_bn and world > 1
     if sync_bn:  # the global batch's statistics, with no host sync per layer (SyncBatchNorm has one)
         method = convert_global_batchnorm(method)
@@ -104,32 +111,84 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
     optimizer = build_optimizer(config, method, schedules.peak_lr)
     model, optimizer = accelerator.prepare(method, optimizer)
 
-    progress = Progress()
+    progress, window = Progress(), Window()
     checkpointer = Checkpointer(
         accelerator, run.checkpoints, config.train.keep_checkpoints,
         shared={"model": method, "optimizer": optimizer, "scaler": accelerator.scaler, "progress": progress},
-        per_rank={"loader": loader, "method": MethodRankState(method), "rng": RNGState()})
+        per_rank={"loader": loader, "method": MethodRankState(method), "rng": RNGState(), "window": window})
     if checkpoint is not None:
         try:
             checkpointer.restore(checkpoint, config.to_dict())
         except ValueError as e:  # a method's or part's refusal of the saved state
             raise SslpipeError(f"cannot resume from {checkpoint}: {e}") from None
     if accelerator.is_main_process:
+        for partial in run.remove_partial_checkpoints():
+            print(f"sslpipe: removed {partial}, left by a save that was killed midway", file=sys.stderr)
         run.write_config(resolved_config(config, accelerator, spec, steps_per_epoch, total_steps, schedules,
                                          checkpoint, sync_bn))
-    if accelerator.log_with:
-        accelerator.init_trackers("tensorboard")  # <run folder>/tensorboard/
+        # What was logged after the checkpoint (or by a run killed before its first one) is logged
+        # again from here: the file then reads as one uninterrupted run's.
+        run.keep_metrics_until(progress.step)
+    accelerator.wait_for_everyone()  # the rows read by `_online_knn_missing` are the kept ones
+    if accelerator.log_with:  # <run folder>/tensorboard/; its events after this step are dropped too
+        purge = {"tensorboard": {"purge_step": progress.step + 1}}
+        accelerator.init_trackers("tensorboard", init_kwargs=purge)
 
     state = TrainState(accelerator, model, method, optimizer, loader, schedules, config, run,
-                       MetricsWriter(run, accelerator), checkpointer, progress, steps_per_epoch)
+                       MetricsWriter(run, accelerator), checkpointer, progress, steps_per_epoch, window)
     last_step = min(total_steps, config.train.max_steps or total_steps)
-    while progress.step < last_step:
-        train_one_epoch(state, last_step)
+    if checkpoint is not None and progress.step >= last_step:
+        accelerator.print(f"sslpipe: {checkpoint} is at step {progress.step}, train.max_steps={last_step}: "
+                          f"nothing to train", file=sys.stderr)
+    with StopSignals(announce=accelerator.is_main_process) as state.stop:
+        if _online_knn_missing(state):  # the run was killed during the epoch's kNN, after its checkpoint
+            _online_knn(state, progress.step // steps_per_epoch - 1)
+        while progress.step < last_step:
+            train_one_epoch(state, last_step)
+    if progress.step and progress.skipped == progress.step:
+        raise SslpipeError(f"all {progress.step} steps had a non-finite loss and were skipped "
+                           f"(train.nonfinite_loss=skip): nothing was learned. Lower optim.lr or set "
+                           f"optim.clip_grad_norm")
     if progress.step == total_steps and accelerator.is_main_process:
         save_backbone(method.backbone.state_dict(), run.backbone, {"format": "pt", "keys": "torchvision"})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
+
+
+def _checkpoint_to_resume(run: RunFolder, resume: str | Path | None, acc: Accelerator) -> Path | None:
+    """The checkpoint to start from: `resume`'s, or with "auto" the run's last; None: step 0."""
+    if resume is not None and str(resume) != "auto":
+        return RunFolder.find_checkpoint(resume)
+    if run.has_checkpoint():
+        if resume is None:
+            raise SslpipeError(f"{run.path} already holds checkpoints: add --resume to continue that run, "
+                               f"or choose another train.run")
+        return RunFolder.find_checkpoint(run.path)
+    if resume is not None:  # killed before its first checkpoint, or a requeued job's first start
+        acc.print(f"sslpipe: {run.path} holds no checkpoint yet: the run starts at step 0", file=sys.stderr)
+    return None
+
+
+def _check_inputs(config: Config) -> None:
+    """The shards and specs of training and of the online evaluation exist and parse, each error
+    naming its setting (the evaluation's would otherwise surface after the first epoch)."""
+    evaluation = config.eval
+    shards = {"data.train": config.data.train}
+    specs = {"data.pipeline": (config.data.pipeline, None)}
+    if evaluation.val and evaluation.every_epochs:
+        shards.update({"eval.val": evaluation.val, "eval.train": evaluation.train or config.data.train})
+        specs["eval.pipeline"] = (evaluation.pipeline, evaluation.size)
+    for setting, pattern in shards.items():
+        try:
+            resolve_shards(pattern)
+        except SslpipeError as e:
+            raise SslpipeError(f"{setting}={pattern!r}: {e}") from None
+    for setting, (name, size) in specs.items():
+        try:
+            load_spec(name, size)
+        except SslpipeError as e:
+            raise SslpipeError(f"{setting}={name!r}: {e}") from None
 
 
 @dataclass
@@ -146,6 +205,8 @@ class TrainState:
     checkpointer: Checkpointer
     progress: Progress               # global steps done, steps skipped on a non-finite loss
     steps_per_epoch: int
+    window: Window = field(default_factory=Window)  # the metrics since the last log line (checkpointed)
+    stop: StopSignals | None = None  # set while training: a SIGTERM or Ctrl-C asked to stop
 
 
 def train_one_epoch(state: TrainState, last_step: int) -> None:
@@ -155,47 +216,65 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
     loader.set_epoch(epoch)  # after a resume, the loader is already there, mid-epoch
     if done_in_epoch == 0:
         state.method.on_epoch_start(epoch, _feature_extractor(state))
-    bar = tqdm(total=state.steps_per_epoch, initial=done_in_epoch,
-               desc=f"epoch {epoch + 1}/{config.train.epochs}",
-               disable=not acc.is_main_process, dynamic_ncols=True)
-    window = Window()
+    window = state.window
     batches = iter(loader)
-    while progress.step < last_step and done_in_epoch < state.steps_per_epoch:
-        started = time.perf_counter()
-        batch = next(batches)
-        waited = time.perf_counter() - started
+    # closed on the way out, also by an error, whose message then starts on a line of its own
+    with tqdm(total=state.steps_per_epoch, initial=done_in_epoch, disable=not acc.is_main_process,
+              desc=f"epoch {epoch + 1}/{config.train.epochs}", dynamic_ncols=True) as bar:
+        while progress.step < last_step and done_in_epoch < state.steps_per_epoch:
+            started = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - started
 
-        out, skip = train_step(state, batch, progress.step, epoch)
-        if skip:
-            progress.skipped += 1
-        progress.step += 1
-        done_in_epoch += 1
-        window.add(None if skip else out, waited, time.perf_counter() - started,
-                   batch.size * acc.num_processes)
+            out, skip, stop = train_step(state, batch, progress.step, epoch)
+            if skip:
+                progress.skipped += 1
+            progress.step += 1
+            done_in_epoch += 1
+            window.add(None if skip else out, waited, time.perf_counter() - started,
+                       batch.size * acc.num_processes)
 
-        if progress.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
-            values = state.schedules.at(progress.step - 1)  # the step just done
-            row = {"step": progress.step, "epoch": epoch, **window.means(acc), **values,
-                   "momentum": config.optim.momentum, "skipped_steps": progress.skipped}
-            state.metrics.write(row)
-            window = Window()
-            bar.set_postfix(loss=f"{row.get('loss', math.nan):.4f}", img_s=f"{row['images_per_s']:.0f}",
-                            data_wait=f"{row['data_wait']:.0%}", refresh=False)
-        bar.update(1)
-        every = config.train.checkpoint_every
-        if (every and progress.step % every == 0) or done_in_epoch == state.steps_per_epoch \
-                or progress.step == last_step:
-            state.checkpointer.save(progress.step, config.to_dict())
-    bar.close()
-    online = config.eval.every_epochs
-    if done_in_epoch == state.steps_per_epoch and config.eval.val and online and (epoch + 1) % online == 0:
+            if progress.step % config.train.log_every == 0 or done_in_epoch == state.steps_per_epoch:
+                values = state.schedules.at(progress.step - 1)  # the step just done
+                row = {"step": progress.step, "epoch": epoch, **window.means(acc), **values,
+                       "momentum": config.optim.momentum, "skipped_steps": progress.skipped}
+                state.metrics.write(row)
+                window.reset()
+                bar.set_postfix(loss=f"{row.get('loss', math.nan):.4f}",
+                                img_s=f"{row['images_per_s']:.0f}", data_wait=f"{row['data_wait']:.0%}",
+                                refresh=False)
+            bar.update(1)
+            every = config.train.checkpoint_every
+            if stop or (every and progress.step % every == 0) or done_in_epoch == state.steps_per_epoch \
+                    or progress.step == last_step:
+                _save_checkpoint(state)
+            if stop:
+                raise TrainingStopped(state.stop.signum or signal.SIGTERM, progress.step,
+                                      state.run.checkpoints / LAST, acc.is_main_process)
+    if done_in_epoch == state.steps_per_epoch and _online_knn_due(config, epoch):
         _online_knn(state, epoch)
 
 
-def train_step(state: TrainState, batch: Batch, index: int, epoch: int) -> tuple[StepOutput, bool]:
+def _save_checkpoint(state: TrainState) -> None:
+    """A checkpoint of the current step, unless a weight or buffer is no longer finite (then the
+    last good checkpoint stays the newest, and the run stops)."""
+    tensors = {name: t for name, t in state.method.state_dict().items() if t.is_floating_point()}
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).tolist()  # one sync
+    bad = [name for name, ok in zip(tensors, finite) if not ok]
+    if bad:
+        last = state.run.checkpoints / LAST
+        raise SslpipeError(f"after step {state.progress.step}, {len(bad)} of the model's {len(tensors)} "
+                           f"tensors hold nan or inf (the first: {bad[0]}); not saved. The last good "
+                           f"checkpoint is {last if last.is_file() else 'none'}. Lower optim.lr or set "
+                           f"optim.clip_grad_norm")
+    state.checkpointer.save(state.progress.step, state.config.to_dict())
+
+
+def train_step(state: TrainState, batch: Batch, index: int, epoch: int) -> tuple[StepOutput, bool, bool]:
     """Global step `index` on `batch`: the schedule's values, the forward, and (unless the loss is
-    non-finite on any process) backward and update. Returns the method's output and whether the
-    update was skipped; raises under `train.nonfinite_loss=stop`. One host sync: `_nonfinite`."""
+    non-finite on any process) backward and update. Returns the method's output, whether the
+    update was skipped, and whether a process was asked to stop (`stop.py`); raises under
+    `train.nonfinite_loss=stop`. One host sync: `_agree`."""
     acc, config = state.accelerator, state.config
     values = state.schedules.at(index)
     apply_schedule(state.optimizer, values["lr"], values["weight_decay"])
@@ -203,14 +282,14 @@ def train_step(state: TrainState, batch: Batch, index: int, epoch: int) -> tuple
                 device=acc.device)
     with acc.autocast():
         out = state.model(batch, step)
-    skip = _nonfinite(acc, out.loss)
+    skip, stop = _agree(acc, out.loss, state.stop is not None and state.stop.requested)
     if skip:
         if config.train.nonfinite_loss == "stop":
             raise SslpipeError(
                 f"the loss is {out.loss.item()} at step {index} (epoch {epoch}); stopped before updating "
                 f"the weights. The last good checkpoint is {state.run.checkpoints / 'last.pt'} "
                 f"(if any). Lower optim.lr, set optim.clip_grad_norm, or set train.nonfinite_loss=skip")
-        return out, True
+        return out, True, stop
     state.optimizer.zero_grad(set_to_none=True)
     acc.backward(out.loss)
     state.method.before_optimizer_step(step)
@@ -218,7 +297,7 @@ def train_step(state: TrainState, batch: Batch, index: int, epoch: int) -> tuple
         acc.clip_grad_norm_(state.model.parameters(), config.optim.clip_grad_norm)
     state.optimizer.step()
     state.method.after_optimizer_step(step)
-    return out, False
+    return out, False, stop
 
 
 def _online_knn(state: TrainState, epoch: int) -> None:
@@ -257,10 +336,27 @@ def _rank0_norm_statistics(module: torch.nn.Module) -> None:
                 distributed.broadcast_(statistic)
 
 
-def _nonfinite(acc: Accelerator, loss: torch.Tensor) -> bool:
-    """Whether any process's loss is nan or inf (one sync per step: every process must agree)."""
-    flag = (~torch.isfinite(loss.detach())).float().reshape(1)
-    return bool(acc.reduce(flag, reduction="sum").item() > 0)
+def _agree(acc: Accelerator, loss: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
+    """Whether any process's loss is nan or inf, and whether any was asked to stop: one reduce,
+    one sync per step, so that every process skips, and stops after, the same steps."""
+    nonfinite = (~torch.isfinite(loss.detach())).float().reshape(1)
+    flags = torch.cat([nonfinite, nonfinite.new_full((1,), float(stop_requested))])  # no copy from the host
+    any_nonfinite, any_stop = acc.reduce(flags, reduction="sum").tolist()
+    return any_nonfinite > 0, any_stop > 0
+
+
+def _online_knn_due(config: Config, epoch: int) -> bool:
+    online = config.eval.every_epochs
+    return bool(config.eval.val) and online > 0 and (epoch + 1) % online == 0
+
+
+def _online_knn_missing(state: TrainState) -> bool:
+    """Whether the run resumes at the end of an epoch whose kNN was due and is not in the metrics
+    (a kill during it). Every process reads the same file, so all agree."""
+    epochs, within = divmod(state.progress.step, state.steps_per_epoch)
+    if not epochs or within or not _online_knn_due(state.config, epochs - 1):
+        return False
+    return not any(row.get("epoch") == epochs - 1 and "knn_top1" in row for row in state.run.read_metrics())
 
 
 # Setup.
@@ -294,7 +390,7 @@ def build_method(config: Config) -> Method:
     try:
         return METHODS[config.method_name](backbone, config.method, global_batch=config.data.batch_size)
     except ValueError as e:
-        raise SslpipeError(str(e)) from None
+        raise SslpipeError(f"method {config.method_name}: {e}") from None
 
 
 def build_schedules(config: Config, method: Method, steps_per_epoch: int, total_steps: int) -> Schedules:

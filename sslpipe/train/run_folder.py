@@ -14,12 +14,13 @@ The training loop, evaluation and export all find these paths here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 import yaml
 
-from sslpipe.errors import SslpipeError
+from sslpipe.errors import SslpipeError, describe_os_error
 from sslpipe.train.checkpoint import LAST
 
 
@@ -40,6 +41,10 @@ class RunFolder:
         for candidate in (where, where / LAST, where / "checkpoints" / LAST):
             if candidate.is_file():
                 return candidate
+        # A kill between a save's rename and its `last.pt` link leaves the newest as a step file only.
+        steps = sorted(where.glob("step-*.pt")) or sorted(where.glob("checkpoints/step-*.pt"))
+        if steps:
+            return steps[-1]
         raise SslpipeError(f"{where}: no checkpoint there (expected a .pt file, or a run folder with "
                            f"checkpoints/{LAST})")
 
@@ -67,6 +72,30 @@ class RunFolder:
     def export(self) -> Path:
         return self.path / "export"
 
+    def has_checkpoint(self) -> bool:
+        """Whether `checkpoints/` holds a complete checkpoint (a save killed midway leaves only a
+        `.tmp` file, and a run that can start afresh)."""
+        return (self.checkpoints / LAST).is_file() or any(self.checkpoints.glob("step-*.pt"))
+
+    def remove_partial_checkpoints(self) -> list[Path]:
+        """Delete the temporary files of saves that were killed midway (each as large as a
+        checkpoint); returns them."""
+        partial = sorted(self.checkpoints.glob(".*.tmp"))
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return partial
+
+    def keep_metrics_until(self, step: int) -> int:
+        """Drop the rows logged after global step `step` (by a run killed after its last
+        checkpoint, whose resume logs them again); every row when `step` is 0. Returns how many."""
+        rows = self.read_metrics()
+        kept = [row for row in rows if row["step"] <= step]
+        if len(kept) < len(rows):
+            temporary = self.metrics.with_name(f".{self.metrics.name}.tmp")
+            temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            os.replace(temporary, self.metrics)
+        return len(rows) - len(kept)
+
     def write_config(self, resolved: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
@@ -75,9 +104,17 @@ class RunFolder:
         self.eval_report.write_text(json.dumps(report, indent=2) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """The rows of `metrics.jsonl`; a last line cut short by a kill is left out."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines()]
+        rows = []
+        for number, line in enumerate(self.metrics.read_text().splitlines(keepends=True), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise SslpipeError(f"{self.metrics}: line {number} is not JSON") from None
+        return rows
 
 
 class MetricsWriter:
@@ -90,8 +127,12 @@ class MetricsWriter:
     def write(self, row: dict) -> None:
         if self.accelerator is not None and not self.accelerator.is_main_process:
             return
-        with open(self.run.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.run.metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise SslpipeError(f"{describe_os_error(e, self.run.metrics)}: the checkpoints are intact; free "
+                               f"space and continue with --resume") from None
         if self.accelerator is not None and self.accelerator.log_with:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 

@@ -13,6 +13,10 @@ class Window:
     `means` reads them all at once."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty, as after a log line."""
         self.sums: dict[str, torch.Tensor] = {}  # on the loss's device
         # Values made on the host (shapes, constants): moving each to the device every step would
         # be a blocking copy from pageable memory, so they are summed here and sent once, in `means`.
@@ -26,12 +30,28 @@ class Window:
             self.device = out.loss.device
             for name, value in {"loss": out.loss, **out.metrics}.items():
                 if isinstance(value, torch.Tensor) and value.device == self.device:
-                    self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+                    previous = self.sums.get(name, 0)
+                    if isinstance(previous, torch.Tensor) and previous.device != self.device:
+                        previous = previous.to(self.device)  # restored from a checkpoint, on the CPU
+                    self.sums[name] = previous + value.detach().float()
                 else:  # float() of a host tensor reads host memory: no device sync
                     self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
             self.measured += 1
         self.waited, self.elapsed = self.waited + waited, self.elapsed + elapsed
         self.images += images
+
+    # A checkpoint between two log lines keeps the window, so that the resumed run's next line
+    # averages the same steps as the uninterrupted run's. Timing (and the images it
+    # divides) is not kept: it is this process's own.
+
+    def state_dict(self) -> dict:
+        return {"sums": {name: value.cpu() for name, value in self.sums.items()},
+                "host_sums": dict(self.host_sums), "measured": self.measured}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+        self.sums = dict(state["sums"])  # on the CPU until the next `add` moves each to its device
+        self.host_sums, self.measured = dict(state["host_sums"]), state["measured"]
 
     def means(self, accelerator) -> dict[str, float]:
         """The metrics' means over the window's measured steps and all processes (one reduce), and

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_training import assert_identical, config, final_state
+from run_helpers import assert_identical, config, final_state
 
 from sslpipe.errors import SslpipeError
 from sslpipe.eval.features import extract_features

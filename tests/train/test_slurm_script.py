@@ -1,12 +1,15 @@
 """recipes/accelerate/slurm.sh under stub `srun`, `scontrol` and `accelerate`: the training's
-arguments reach every node's launcher exactly as given, with that node's --machine_rank."""
+arguments reach every node's launcher exactly as given, with that node's --machine_rank; a
+requeued job resumes; the time-limit signal stops the training and requeues the job."""
 
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,13 +44,19 @@ def stub(folder: Path, name: str, text: str) -> None:
 
 
 def launch(tmp_path, args):
+    return launch_with(tmp_path, args)
+
+
+def launch_with(tmp_path, args, **slurm):
+    """The script under the stubs; each node's `accelerate` arguments. `slurm`: more of its variables."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("accelerate", ACCELERATE)):
         stub(bin_dir, name, text)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_OUT": str(tmp_path),
            "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]",
-           "SLURM_NODEID": "0"}  # the batch step's own, as sbatch sets it: each task must read its own
+           # the batch step's own, as sbatch sets it: each task must read its own
+           "SLURM_NODEID": "0", **slurm}
     result = subprocess.run(["bash", "recipes/accelerate/slurm.sh", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -72,3 +81,42 @@ def test_overrides_arrive_exactly_once_each_with_braces_and_spaces_kept(tmp_path
 def test_a_recipe_alone_is_passed_on(tmp_path):
     argv = launch(tmp_path, ["recipes/x.yaml"])[1]
     assert argv[argv.index("-m"):] == ["-m", "sslpipe.train", "recipes/x.yaml"]
+
+
+def test_a_requeued_job_resumes_its_run(tmp_path):
+    argv = launch_with(tmp_path, ["recipes/x.yaml", "train.run=a"], SLURM_RESTART_COUNT="1")[0]
+    assert argv[argv.index("-m"):] == ["-m", "sslpipe.train", "recipes/x.yaml", "train.run=a", "--resume"]
+    argv = launch_with(tmp_path / "again", ["recipes/x.yaml", "--resume"], SLURM_RESTART_COUNT="2")[0]
+    assert argv.count("--resume") == 1
+
+
+# srun that runs until it is sent SIGTERM, as the training does until it has saved.
+LONG_SRUN = """#!/bin/bash
+trap 'echo TERM > "$STUB_OUT/srun-got"; exit 143' TERM
+touch "$STUB_OUT/srun-started"
+while true; do sleep 0.1; done
+"""
+RECORDING_SCONTROL = """#!/bin/bash
+if [ "$1" = requeue ]; then echo "$@" > "$STUB_OUT/scontrol-requeue"; exit 0; fi
+printf 'node-a\\nnode-b\\n'
+"""
+
+
+def test_the_time_limit_signal_stops_the_training_and_requeues_the_job(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", LONG_SRUN), ("scontrol", RECORDING_SCONTROL)):
+        stub(bin_dir, name, text)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_OUT": str(tmp_path),
+           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_JOB_ID": "4242"}
+    script = subprocess.Popen(["bash", "recipes/accelerate/slurm.sh", "recipes/x.yaml"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "srun-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    script.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@300` sends
+    out, err = script.communicate(timeout=30)
+    assert script.returncode == 0, err
+    assert (tmp_path / "srun-got").read_text().strip() == "TERM"
+    assert (tmp_path / "scontrol-requeue").read_text().split() == ["requeue", "4242"]
+    assert "requeueing job 4242" in out

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training import RECIPES, SMALL, config
+from run_helpers import RECIPES, SMALL, config
 
 from sslpipe.counting import DispatchCounter
 from sslpipe.losses import nt_xent
@@ -38,22 +38,22 @@ def small_state(method, tmp_path):
     optimizer = loop.build_optimizer(recipe, built, schedules.peak_lr)
     model, optimizer = acc.prepare(built, optimizer)
     return loop.TrainState(acc, model, built, optimizer, None, schedules, recipe, None, None, None,
-                           Progress(), steps_per_epoch=5)
+                           Progress(), steps_per_epoch=5, window=Window())
 
 
 @pytest.mark.parametrize("method", ["simclr", "mocov2", "swav", "simsiam"])
 def test_a_training_step_syncs_the_host_once_in_the_nonfinite_check(method, tmp_path, monkeypatch):
     state = small_state(method, tmp_path)
     in_check = []
-    nonfinite = loop._nonfinite
+    agree = loop._agree
 
-    def counted_check(acc, loss):  # the syncs inside the agreed check
+    def counted_check(acc, loss, stop_requested):  # the syncs inside the agreed check
         before = counter.sync_count
-        skip = nonfinite(acc, loss)
+        flags = agree(acc, loss, stop_requested)
         in_check.append(counter.sync_count - before)
-        return skip
+        return flags
 
-    monkeypatch.setattr(loop, "_nonfinite", counted_check)
+    monkeypatch.setattr(loop, "_agree", counted_check)
     generator = torch.Generator().manual_seed(0)
     names = ["global", "global"] + ["local"] * (len(SIZES[method]) - 2)
     window = Window()
@@ -62,10 +62,10 @@ def test_a_training_step_syncs_the_host_once_in_the_nonfinite_check(method, tmp_
                                  names=names)
         with DispatchCounter(roots=[state.model, state.optimizer, *batch.views, batch.labels, batch.index]) \
                 as counter:
-            out, skipped = loop.train_step(state, batch, index, epoch=0)
+            out, skipped, stop = loop.train_step(state, batch, index, epoch=0)
             window.add(out, 0.0, 1.0, batch.size)
-        assert not skipped
-        assert counter.syncs == Counter(item=1), (index, dict(counter.syncs))
+        assert not skipped and not stop
+        assert counter.syncs == Counter(tolist=1), (index, dict(counter.syncs))
         assert in_check[-1] == 1
     assert math.isfinite(window.means(state.accelerator)["loss"])
 

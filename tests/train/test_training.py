@@ -2,10 +2,10 @@
 losses, checkpoint crashes."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import RECIPES, SMALL, STEPS_PER_EPOCH, assert_identical, config, final_state
 from safetensors.torch import load_file
 
 from sslpipe.cli import main
@@ -14,43 +14,7 @@ from sslpipe.methods import SimCLR
 from sslpipe.models import resnet18
 from sslpipe.train import checkpoint as checkpoint_module
 from sslpipe.train.checkpoint import load_checkpoint
-from sslpipe.train.config import load_config
 from sslpipe.train.loop import train
-
-RECIPES = Path(__file__).parents[2] / "recipes"
-# Small and quick: ResNet-18 on 64 px views, batch 8 (5 steps per epoch on the fixture's photos).
-STEPS_PER_EPOCH = 5
-SMALL = {"simclr": ["method.projector=[64, 32]"],
-         "mocov2": ["method.head=[64, 32]", "method.queue_size=32", "method.bn_splits=2"],
-         "swav": ["method.projector=[64, 32]", "method.prototypes=20", "method.freeze_prototypes_steps=2",
-                  "method.queue_length=16", "method.queue_start_epoch=0"],
-         "simsiam": ["method.projector=[64, 64]", "method.predictor_hidden=16"]}
-
-
-def config(method, shards, out, *overrides):
-    return load_config(RECIPES / f"{method}_small.yaml",
-                       [f"data.train={shards}", "data.batch_size=8", f"train.out={out}", "train.epochs=2",
-                        "train.log_every=1", "data.num_threads=1", *SMALL[method], *overrides])
-
-
-def final_state(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
-
-
-def assert_identical(a, b, where=""):
-    """Bit-for-bit equality of nested checkpoint states."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_a_run_writes_its_folder(photo_shards, tmp_path):
@@ -144,7 +108,9 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(photo_shar
         save(state, f)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash_on_the_third)
-    with pytest.raises(OSError, match="No space left"):
+    full = (r"no space left on .*checkpoints while saving the checkpoint of step 3: nothing of it was kept, "
+            r"the previous checkpoint .*last.pt is intact; free space and continue with --resume")
+    with pytest.raises(SslpipeError, match=full):
         train(config("simclr", photo_shards, tmp_path, "train.checkpoint_every=1"))
     folder = tmp_path / "simclr_small" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "step-00000001.pt", "step-00000002.pt"]
