@@ -12,6 +12,14 @@ from sslpipe.pipeline.dali_stage import EpochPlan
 from sslpipe.pipeline.shardlist import Shard, rank_range, read_images
 from sslpipe.shards.decode_check import DaliDecodeCheck, first_reason
 
+# What a repair does to a training run: the loader's saved state holds the sample count and a
+# position in the rank's samples, so a run resumes only on a shard set of the same count.
+REPAIR = ("To repair, convert the source again (`sslpipe convert ... --overwrite`, which rejects "
+          "undecodable images): from unchanged source files and options it writes the same shards, and a "
+          "training run resumes from its checkpoints exactly. If a sample is gone instead (its image "
+          "rejected, or removed by hand), `sslpipe train --resume` refuses the checkpoints (the sample "
+          "count changed): start the run afresh")
+
 
 def diagnose_failure(shards: list[Shard], plan: EpochPlan, position: int, batch_size: int, prefetch: int,
                      message: str) -> SslpipeError:
@@ -33,8 +41,8 @@ def diagnose_failure(shards: list[Shard], plan: EpochPlan, position: int, batch_
             failures = checker.check(read_images(shard, chunk, min(chunk + 256, last)))
             if failures:
                 key, reason = failures[0]
-                return SslpipeError(
-                    f"{shard.path}: sample {key!r} cannot be decoded ({reason}); run `sslpipe verify "
-                    f"{shard.path.parent}` to check every shard (re-convert, or remove the bad sample)")
+                return SslpipeError(f"{shard.path}: sample {key!r} cannot be decoded ({reason}); "
+                                    f"run `sslpipe verify {shard.path.parent}` to check every shard. "
+                                    f"{REPAIR}")
     return SslpipeError(f"DALI failed in epoch batch {position} of rank {plan.rank} (shards in "
                         f"{sorted({str(s.path.parent) for s in ordered})}): {first_reason(message)}")

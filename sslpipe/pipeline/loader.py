@@ -85,6 +85,15 @@ class ViewLoader:
             raise SslpipeError(f"decode must be 'once' or 'roi', got {decode!r}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise SslpipeError(f"dtype must be torch.float32, bfloat16 or float16, got {dtype}")
+        # DALI's reader crashes the process (SIGSEGV) on an initial_fill below 1; it refuses the
+        # others itself, but with a traceback from deep in its pipeline.
+        if shuffle_buffer < 1:
+            raise SslpipeError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+        if num_threads is not None and num_threads < 1:
+            raise SslpipeError(f"num_threads must be >= 1 (or None: this process's share of the cores), "
+                               f"got {num_threads}")
+        if prefetch < 1:
+            raise SslpipeError(f"prefetch must be >= 1, got {prefetch}")
         self.shards: list[Shard] = resolve_shards(shards)
         self.batch_size, self.seed, self.train = batch_size, seed, train
         self.decode, self.decoder, self.prefetch = decode, decoder, prefetch
@@ -97,9 +106,10 @@ class ViewLoader:
         self._len = self._batches_per_epoch()
         self._groups = _size_groups(self.spec)
         try:
+            compile = self.device.type == "cuda" if compile is None else compile
             self._stages = [PhotometricStage([self.spec.views[i] for i in members], batch_size, self.device,
                                              normalize=normalize, dtype=dtype, channels_last=channels_last,
-                                             compile=self.device.type == "cuda" if compile is None else compile)
+                                             compile=compile)
                             for _, members in self._groups]
         except ValueError as e:
             raise SslpipeError(f"{self.spec.source}: {e}") from None
@@ -141,7 +151,13 @@ class ViewLoader:
         while self._position < self._len:
             outputs = first if first is not None else self._run()
             first = None
-            batch = self._batch(outputs, self._position)
+            try:
+                batch = self._batch(outputs, self._position)
+            except BaseException as e:
+                # The batch's DALI outputs are taken: going on would skip it and end the epoch on
+                # samples past its end.
+                self._stop(str(e) or type(e).__name__)
+                raise
             self._position += 1
             yield batch
             if self._ahead is None and self._ahead_due():
@@ -285,11 +301,15 @@ class ViewLoader:
 
     def _fail(self, dali_error: RuntimeError):
         """Stop on DALI's error at the current position, naming the shard and key at fault."""
-        self._pipe, self._ahead = None, None  # a failed DALI pipeline cannot run again
         error = diagnose_failure(self.shards, self._plan(self.epoch), self._position, self.batch_size,
                                  self.prefetch, str(dali_error))
-        self._failed = str(error)
+        self._stop(str(error))
         raise error from None
+
+    def _stop(self, reason: str) -> None:
+        """Make the loader unusable: its position is lost (a failed DALI pipeline cannot run again,
+        a batch whose outputs were taken cannot be had again)."""
+        self._pipe, self._ahead, self._failed = None, None, reason
 
     def _batch(self, outputs, position: int) -> Batch:
         named = dict(zip(self._outputs, outputs))
@@ -326,12 +346,11 @@ class ViewLoader:
     def _labels(self, rows: np.ndarray, index: np.ndarray) -> torch.Tensor:
         """(B,) int64 labels from the `.cls` bytes (B, W), zero-padded, of the samples `index` (B,)."""
         values, integer = cls_values(rows)
-        if not integer.all():
+        if not integer.all():  # the loader then stops (`__iter__`)
             j = int(np.argmin(integer))
             shard, position = self.samples.locate(int(index[j]))
-            self._pipe, self._ahead = None, None  # the batch is lost: no position to go on from
-            self._failed = f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not an integer"
-            raise SslpipeError(f"{self._failed} ({rows[j].tobytes().rstrip(bytes(1))[:40]!r}); run "
+            raise SslpipeError(f"{shard.path}: sample {shard.keys[position]!r} has a .cls that is not an "
+                               f"integer ({rows[j].tobytes().rstrip(bytes(1))[:40]!r}); run "
                                f"`sslpipe verify {shard.path.parent}`")
         return torch.from_numpy(values)
 

@@ -12,6 +12,8 @@ count.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import random
@@ -25,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sslpipe import __version__
-from sslpipe.errors import SslpipeError
+from sslpipe.errors import SslpipeError, describe_os_error
 from sslpipe.shards.images import ImagePolicy, Prepared
 from sslpipe.shards.manifest import Manifest, manifest_path, progress_path, rejected_path, write_atomic
 from sslpipe.shards.resume import (
@@ -118,12 +120,12 @@ def convert_split(source: SplitSource, out: Path, options: ConvertOptions = Conv
         return ConvertResult(existing, resumed_from=len(existing.shards), already_done=True)
     remove_uncommitted(out, split, len(existing))
     shards = _ShardSequence(out, split, header, options, records=existing)
-    shards.save()
 
     start, todo = time.perf_counter(), plan[shards.plan_end:]
     bar = tqdm(total=len(plan), initial=shards.plan_end, unit="img", desc=f"converting {split}",
                disable=not progress, dynamic_ncols=True)
     try:
+        shards.save()
         with closing(prepare_in_order([f.path for f in todo], options.image, workers)) as results:
             for position, (file, result) in enumerate(zip(todo, results), start=shards.plan_end):
                 if isinstance(result, Prepared):
@@ -133,18 +135,33 @@ def convert_split(source: SplitSource, out: Path, options: ConvertOptions = Conv
                     shards.segment.rejected.append(Rejection(file.relpath, result.reason, result.detail))
                 bar.update()
         trailing = shards.close(len(plan))
+        manifest = _finish(out, source, header, shards.records, trailing)
     except OSError as e:  # reading errors are rejections; this is writing the output
-        shards.abort()
-        raise SslpipeError(f"writing to {out} failed: {e.strerror or e}; the complete shards are kept: "
-                           "fix the cause and re-run the same command to resume") from e
+        unfinished = shards.abort()
+        raise SslpipeError(_write_failure(e, out, shards.records, unfinished)) from e
     except BaseException:
         shards.abort()
         raise
     finally:
         bar.close()
-
-    manifest = _finish(out, source, header, shards.records, trailing)
     return ConvertResult(manifest, len(existing), processed=len(todo), seconds=time.perf_counter() - start)
+
+
+def _write_failure(error: OSError, out: Path, records: list[dict], unfinished: str | None) -> str:
+    """One line for a failed write: what failed, what is kept, and that the same command resumes."""
+    # Kept: the recorded shards that were published (a failure may come between the two).
+    kept = [r for r in records if (out / r["name"]).is_file()]
+    if kept:
+        names = kept[0]["name"] if len(kept) == 1 else f"{kept[0]['name']}..{kept[-1]['name']}"
+        what = (f"kept {'the complete shard' if len(kept) == 1 else f'the {len(kept)} complete shards'} "
+                f"{names} ({sum(r['samples'] for r in kept):,} images)")
+    else:
+        what = "no shard was complete"
+    if unfinished:
+        what += f", removed the unfinished {unfinished}"
+    fix = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    return (f"{describe_os_error(error, out)}: {what}; {fix}, then run the same command again: "
+            f"it resumes after the complete shards")
 
 
 class _ShardSequence:
@@ -182,11 +199,19 @@ class _ShardSequence:
             self._commit(plan_end)
         return self.segment
 
-    def abort(self) -> None:
-        """Drop the unfinished shard. Found by name: an interrupt may come while it is created."""
+    def abort(self) -> str | None:
+        """Drop the unfinished shard, returning its name, if any; never raises (an error is on its
+        way). Its files are found by name too: an interrupt may come while the writer is created."""
+        unfinished = None
         if self.writer is not None:
+            unfinished = self.writer.tar_path.name
             self.writer.abort()
-        remove_temporary(self.out, self.split)
+        with contextlib.suppress(OSError):  # what stays is removed by the next run
+            remove_temporary(self.out, self.split)
+            # `write_atomic`'s temporary files (progress record, manifest) of a write that failed.
+            for path in self.out.glob(f".{self.split}.*.tmp"):
+                path.unlink(missing_ok=True)
+        return unfinished
 
     def save(self) -> None:
         write_atomic(progress_path(self.out, self.split),

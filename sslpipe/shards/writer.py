@@ -12,6 +12,7 @@ from the offsets known while writing, so no second pass over the tar is needed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -115,10 +116,15 @@ class ShardWriter:
         os.replace(self._tmp_tar, self.tar_path)
 
     def abort(self) -> None:
-        """Drop the unfinished shard (used when conversion stops with an error)."""
-        self._file.close()
+        """Drop the unfinished shard (used when conversion stops with an error). Never raises: it
+        runs while an error is on its way, which must not be replaced by another."""
+        # Closing flushes the buffered tail, which fails again on a full disk; the descriptor is
+        # closed all the same, and the data is being dropped anyway.
+        with contextlib.suppress(OSError):
+            self._file.close()
         for path in (self._tmp_tar, self._tmp_idx):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # what stays is removed by the next run
+                path.unlink(missing_ok=True)
 
 
 def _padded(size: int) -> int:

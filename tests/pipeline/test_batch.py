@@ -128,7 +128,9 @@ def test_an_edited_spec_is_refused_on_resume_naming_what_changed(coordinate_shar
         ViewLoader(edited, coordinate_shards, batch_size=8).load_state_dict(state)
 
 
-def test_a_label_that_is_not_an_integer_names_shard_and_key_and_stops_the_loader(tmp_path, coordinate_shards):
+@pytest.mark.parametrize("train", [False, True])
+def test_a_label_that_is_not_an_integer_names_shard_and_key_and_stops_the_loader(tmp_path, coordinate_shards,
+                                                                                 train):
     tars = copy_shards(coordinate_shards, tmp_path / "shards")
     good = resolve_shards(str(tars[0]))[0]
     writer = ShardWriter(tmp_path / "shards", "train-000009")
@@ -140,7 +142,7 @@ def test_a_label_that_is_not_an_integer_names_shard_and_key_and_stops_the_loader
     writer.finish()
     writer.publish()
     loader = ViewLoader(
-        crop_only(8), str(tmp_path / "shards" / "train-000009.tar"), batch_size=8, train=False
+        crop_only(8), str(tmp_path / "shards" / "train-000009.tar"), batch_size=8, train=train
     )
     with pytest.raises(
         SslpipeError,
@@ -148,8 +150,11 @@ def test_a_label_that_is_not_an_integer_names_shard_and_key_and_stops_the_loader
         r"\(b'cat'\); run `sslpipe verify",
     ):
         list(loader)
+    for _ in range(2):  # never the next batch instead, or the samples after the epoch's end
+        with pytest.raises(SslpipeError, match="this loader stopped on an error .*'bad3' has a .cls"):
+            list(loader)
     with pytest.raises(SslpipeError, match="this loader stopped on an error"):
-        list(loader)
+        loader.state_dict()
 
 
 @pytest.mark.parametrize("size", [48, 16])

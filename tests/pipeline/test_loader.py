@@ -1,6 +1,7 @@
 """The loader end to end on the CPU: shapes, crops and flips, epochs, ranks, resume, errors."""
 
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -285,11 +286,60 @@ def test_corrupt_jpeg_names_shard_and_key_and_points_at_verify(tmp_path, coordin
     message = str(error.value)
     assert "train-000003.tar" in message and repr(name.split(".")[0]) in message
     assert "sslpipe verify" in message
+    # The repairs and what each does to a training run (see the next test).
+    assert "`sslpipe convert ... --overwrite`" in message
+    assert "resumes from its checkpoints exactly" in message
+    assert "`sslpipe train --resume` refuses the checkpoints (the sample count changed)" in message
+    assert "\n" not in message
     # The position where DALI stopped is lost: no state to save, no silent restart of the epoch.
     with pytest.raises(SslpipeError, match="this loader stopped on an error"):
         loader.state_dict()
     with pytest.raises(SslpipeError, match="this loader stopped on an error"):
         list(loader)
+
+
+def rewrite_shard(tar: Path, change) -> None:
+    """Write `tar` and its index again with `change({key: {ext: bytes}})`'s samples."""
+    samples = {}
+    with tarfile.open(tar) as f:
+        for member in f:
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = f.extractfile(member).read()
+    writer = ShardWriter(tar.parent, tar.stem)
+    for key, members in change(samples).items():
+        writer.add(key, members)
+    writer.finish()
+    writer.publish()
+
+
+def test_a_shard_set_with_a_sample_removed_is_refused_on_resume(tmp_path, coordinate_shards):
+    """What the decode error says of removing the bad sample."""
+    tars = copy_shards(coordinate_shards, tmp_path / "shards")
+    loader = ViewLoader(crop_only(), str(tmp_path / "shards" / "*.tar"), batch_size=8)
+    for _, _ in zip(range(3), loader):
+        pass
+    state = loader.state_dict()
+    rewrite_shard(tars[2], lambda samples: dict(list(samples.items())[1:]))
+    resumed = ViewLoader(crop_only(), str(tmp_path / "shards" / "*.tar"), batch_size=8)
+    with pytest.raises(SslpipeError, match=f"cannot resume: the saved loader had num_samples="
+                                           f"{COORDINATE_IMAGES}, this one has {COORDINATE_IMAGES - 1}"):
+        resumed.load_state_dict(state)
+
+
+def test_a_batch_that_fails_after_dali_stops_the_loader(tmp_path, coordinate_shards):
+    """A batch's DALI outputs are taken before it is made: once making it failed, iterating on must
+    raise again, never skip that batch and end the epoch on samples past its end."""
+    tars = copy_shards(coordinate_shards, tmp_path / "shards")
+    loader = ViewLoader(crop_only(), str(tmp_path / "shards" / "*.tar"), batch_size=8, train=False)
+    # Rewritten after the loader read the index: DALI reads the samples at other offsets.
+    rewrite_shard(tars[0], lambda samples: {key: {"txt": b"moved", **m} for key, m in samples.items()})
+    with pytest.raises(SslpipeError, match=r"train-000000.tar: DALI read .* which is no sample of the shard"):
+        list(loader)
+    for _ in range(2):
+        with pytest.raises(SslpipeError, match="this loader stopped on an error .*no sample of the shard"):
+            list(loader)
+    with pytest.raises(SslpipeError, match="this loader stopped on an error"):
+        loader.state_dict()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -305,6 +355,26 @@ def test_bad_arguments(coordinate_shards):
         ViewLoader("simclr", coordinate_shards, batch_size=8, decode="twice")
     with pytest.raises(SslpipeError, match="no pipeline spec named"):
         ViewLoader("simclrr", coordinate_shards, batch_size=8)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("shuffle_buffer", 0, "shuffle_buffer must be >= 1, got 0"),  # both crash DALI's reader (SIGSEGV)
+    ("shuffle_buffer", -5, "shuffle_buffer must be >= 1, got -5"),
+    ("num_threads", 0, r"num_threads must be >= 1 \(or None: this process's share of the cores\), got 0"),
+    ("num_threads", -1, "num_threads must be >= 1 .*got -1"),
+    ("prefetch", 0, "prefetch must be >= 1, got 0"),
+])
+def test_dali_settings_below_one_are_refused(coordinate_shards, setting, value, message):
+    with pytest.raises(SslpipeError, match=message):
+        ViewLoader(crop_only(), coordinate_shards, batch_size=8, **{setting: value})
+
+
+def test_the_smallest_settings_run(coordinate_shards):
+    loader = ViewLoader(crop_only(), coordinate_shards, batch_size=8, shuffle_buffer=1, num_threads=1,
+                        prefetch=1)
+    for _ in range(2):
+        keys = [key for batch in loader for key in batch.keys]
+        assert len(keys) == len(set(keys)) == len(loader) * 8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

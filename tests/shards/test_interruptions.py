@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from sslpipe.errors import SslpipeError
+from sslpipe.shards import convert as convert_module
 from sslpipe.shards.convert import ConvertOptions, convert_split
 from sslpipe.shards.imagenet import imagenet_splits
 from sslpipe.shards.writer import ShardWriter
@@ -144,8 +145,29 @@ def test_a_full_disk_is_a_clear_error_and_resumable(root, tmp_path, monkeypatch)
         return finish(writer)
 
     monkeypatch.setattr(ShardWriter, "finish", disk_full_at_the_third)
-    with pytest.raises(SslpipeError, match="writing to .* failed: No space left on device.*re-run"):
+    with pytest.raises(SslpipeError, match=r"^no space left on .*: kept the 2 complete shards "
+                       r"train-000000.tar..train-000001.tar \(14 images\), removed the unfinished "
+                       r"train-000002.tar; free some space, then run the same command again"):
         convert_split(train, tmp_path, ConvertOptions(shard_samples=7), progress=False)
     monkeypatch.undo()
     assert not list(tmp_path.glob(".*.tmp"))
     assert convert_split(train, tmp_path, ConvertOptions(shard_samples=7), progress=False).resumed_from == 2
+
+
+def test_a_full_disk_while_writing_the_manifest_keeps_every_shard(root, tmp_path, monkeypatch):
+    (train,) = imagenet_splits(root, ["train"])
+    options = ConvertOptions(shard_samples=50)
+    write_atomic = convert_module.write_atomic
+
+    def disk_full_at_the_manifest(path, text):
+        if path.name.endswith(".manifest.json"):
+            raise OSError(28, "No space left on device")
+        write_atomic(path, text)
+
+    monkeypatch.setattr(convert_module, "write_atomic", disk_full_at_the_manifest)
+    with pytest.raises(SslpipeError, match=r"^no space left on .*: kept the 4 complete shards "
+                       r"train-000000.tar..train-000003.tar \(154 images\); free some space"):
+        convert_split(train, tmp_path, options, progress=False)
+    monkeypatch.undo()
+    result = convert_split(train, tmp_path, options, progress=False)
+    assert result.resumed_from == 4 and (tmp_path / "train.manifest.json").exists()

@@ -1,4 +1,6 @@
+import errno
 import io
+import os
 import tarfile
 
 import pytest
@@ -64,3 +66,16 @@ def test_keys_that_readers_would_split_wrongly_are_refused(tmp_path, key):
     with pytest.raises(ValueError, match="invalid sample key"):
         writer.add(key, {"jpg": b"1"})
     writer.abort()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_abort_after_a_full_disk_raises_nothing_and_removes_the_shard(tmp_path):
+    # The temporary tar points at /dev/full: every flush fails with ENOSPC, as on a full disk.
+    (tmp_path / ".train-000000.tar.tmp").symlink_to("/dev/full")
+    writer = ShardWriter(tmp_path, "train-000000")
+    with pytest.raises(OSError) as error:
+        for _ in range(100):  # past the write buffer
+            writer.add("a", {"jpg": b"x" * 4096})
+    assert error.value.errno == errno.ENOSPC
+    writer.abort()  # its close flushes the buffered rest, which fails again: not raised
+    assert list(tmp_path.iterdir()) == []
