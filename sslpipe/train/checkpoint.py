@@ -200,7 +200,33 @@ class _Writer:
 
 
 def load_checkpoint(path: Path) -> dict:
+    """The dict that `torch.save` wrote to `path`, read with `weights_only=True` (tensors and plain
+    values only: unpickling anything else could run code); a one-line SslpipeError otherwise."""
+    # The first bytes of torch.save's files: a zip archive, or the legacy format's pickled magic number.
+    zip_magic, legacy_magic = b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+    cannot = f"{path}: cannot load the checkpoint"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses
-        raise SslpipeError(f"{path}: cannot load the checkpoint: {e}") from None
+        with open(path, "rb") as f:
+            head = f.read(len(legacy_magic))
+    except OSError as e:
+        raise SslpipeError(f"{cannot}: {e.strerror}") from None
+    if not head:
+        raise SslpipeError(f"{cannot}: empty file (an interrupted copy or save?)")
+    if not head.startswith(zip_magic) and head != legacy_magic:
+        raise SslpipeError(f"{cannot}: not a torch checkpoint (torch.save writes a zip archive; this file "
+                           f"starts with {head[:8]!r})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch's text advises weights_only=False, never right here: it would unpickle arbitrary code.
+        if "Weights only load failed" in str(e):
+            found = str(e).partition("GLOBAL ")[2].split(" ")[0]  # the first class it refused
+            raise SslpipeError(f"{cannot}: refused for safety: it holds objects other than tensors and plain "
+                               f"values{f' ({found})' if found else ''}; sslpipe checkpoints never do"
+                               ) from None
+        detail = str(e).strip().split("\n")[0].split(". ")[0].rstrip(".")  # torch's first sentence
+        raise SslpipeError(f"{cannot}: truncated or corrupt (an interrupted copy or save?)"
+                           + (f": {detail}" if detail else "")) from None
+    if not isinstance(checkpoint, dict):
+        raise SslpipeError(f"{cannot}: it holds a {type(checkpoint).__name__}, not a dict")
+    return checkpoint

@@ -138,9 +138,22 @@ class MetricsWriter:
 
 
 def save_backbone(backbone_state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    """Write a backbone's weights (torchvision's keys) as safetensors."""
-    from safetensors.torch import save_file
+    """Write a backbone's weights (torchvision's keys) as safetensors, through a temporary file
+    beside `path` renamed on success: a failure (a full disk) leaves no partial file and any
+    previous `path` as it was."""
+    from safetensors.torch import save
 
+    # Serialised here and written by Python, so a full disk is an OSError with its errno (ENOSPC).
+    data = save({k: v.contiguous() for k, v in backbone_state.items()}, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in backbone_state.items()}, path, metadata=metadata)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
