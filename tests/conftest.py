@@ -1,6 +1,8 @@
 """Shared fixtures: small ImageNet-layout trees of real photos and their shards, built once per session."""
 
+import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -44,3 +46,31 @@ def photo_shards(imagenet_tree, tmp_path_factory):
     for source in imagenet_splits(root, ["train"]):
         convert_split(source, out, ConvertOptions(shard_samples=16), progress=False)
     return str(out / "train-*.tar")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(name, options)` -> `tmp_path/name` with a tmpfs mounted there ("size=60m",
+    "ro,size=64k"), for disks that really fill up; called again with the same name it remounts
+    (a resize). Root only, else the test is skipped; unmounted after the test."""
+    mounted = []
+
+    def mount(name: str, options: str):
+        where = tmp_path / name
+        again = where in mounted
+        if not again:
+            if os.geteuid() != 0:
+                pytest.skip("mounting a tmpfs needs root")
+            where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"remount,{options}" if again else options,
+                               "tmpfs", str(where)], capture_output=True, text=True)
+        if done.returncode and not again:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        assert done.returncode == 0, done.stderr
+        if not again:
+            mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", str(where)], check=True)

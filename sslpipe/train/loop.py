@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sslpipe import distributed
-from sslpipe.errors import SslpipeError
+from sslpipe.errors import SslpipeError, describe_os_error
 from sslpipe.eval.features import extract_features
 from sslpipe.eval.knn import knn_evaluation
 from sslpipe.methods import METHODS, Method, Step, StepOutput
@@ -122,7 +122,7 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
         except ValueError as e:  # a method's or part's refusal of the saved state
             raise SslpipeError(f"cannot resume from {checkpoint}: {e}") from None
     if accelerator.is_main_process:
-        for partial in run.remove_partial_checkpoints():
+        for partial in run.remove_partial_files():
             print(f"sslpipe: removed {partial}, left by a save that was killed midway", file=sys.stderr)
         run.write_config(resolved_config(config, accelerator, spec, steps_per_epoch, total_steps, schedules,
                                          checkpoint, sync_bn))
@@ -150,7 +150,12 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
                            f"(train.nonfinite_loss=skip): nothing was learned. Lower optim.lr or set "
                            f"optim.clip_grad_norm")
     if progress.step == total_steps and accelerator.is_main_process:
-        save_backbone(method.backbone.state_dict(), run.backbone, {"format": "pt", "keys": "torchvision"})
+        try:
+            save_backbone(method.backbone.state_dict(), run.backbone, {"format": "pt", "keys": "torchvision"})
+        except OSError as e:  # the last checkpoint holds the same weights: a resume only writes the file
+            raise SslpipeError(f"{describe_os_error(e, run.backbone)}: training finished and its last "
+                               f"checkpoint is intact, the backbone was not written; free space and run "
+                               f"the same command with --resume") from None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path

@@ -77,10 +77,10 @@ class RunFolder:
         `.tmp` file, and a run that can start afresh)."""
         return (self.checkpoints / LAST).is_file() or any(self.checkpoints.glob("step-*.pt"))
 
-    def remove_partial_checkpoints(self) -> list[Path]:
-        """Delete the temporary files of saves that were killed midway (each as large as a
-        checkpoint); returns them."""
-        partial = sorted(self.checkpoints.glob(".*.tmp"))
+    def remove_partial_files(self) -> list[Path]:
+        """Delete the temporary files of saves that were killed midway (a checkpoint's, the
+        backbone's, each hundreds of MB); returns them."""
+        partial = sorted(self.checkpoints.glob(".*.tmp")) + sorted(self.path.glob(".*.tmp"))
         for path in partial:
             path.unlink(missing_ok=True)
         return partial
@@ -101,7 +101,16 @@ class RunFolder:
         self.config.write_text(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
 
     def write_eval(self, report: dict) -> None:
-        self.eval_report.write_text(json.dumps(report, indent=2) + "\n")
+        """`eval.json`, through a temporary file renamed on success (a previous report stays
+        whole on a full disk)."""
+        temporary = self.eval_report.with_name(f".{self.eval_report.name}.tmp")
+        try:
+            temporary.write_text(json.dumps(report, indent=2) + "\n")
+            os.replace(temporary, self.eval_report)
+        except OSError as e:
+            temporary.unlink(missing_ok=True)
+            raise SslpipeError(f"{describe_os_error(e, self.eval_report)}: the evaluation's results were "
+                               f"not kept; free space and run the same command again") from None
 
     def read_metrics(self) -> list[dict]:
         """The rows of `metrics.jsonl`; a last line cut short by a kill is left out."""

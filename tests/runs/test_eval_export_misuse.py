@@ -2,6 +2,7 @@
 the file or option at fault (exit status 2, no traceback) and leaves nothing behind."""
 
 import collections
+import json
 import os
 import subprocess
 
@@ -10,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from sslpipe.cli import main
+from sslpipe.errors import SslpipeError
 from sslpipe.models import resnet18
 from sslpipe.runs import evaluate as evaluate_module
+from sslpipe.train.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -66,26 +69,6 @@ def no_extraction(monkeypatch):
         raise AssertionError("features extracted before the inputs were checked")
 
     monkeypatch.setattr(evaluate_module, "extract_features", extract)
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """`tmpfs(name, options)`: a tmpfs mounted at `tmp_path/name` (root only: else the test is
-    skipped), unmounted after the test."""
-    mounted = []
-
-    def mount(name, options):
-        where = tmp_path / name
-        where.mkdir()
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                                               capture_output=True).returncode:
-            pytest.skip("mounting a tmpfs needs root")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in reversed(mounted):
-        subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.fixture
@@ -324,3 +307,18 @@ def test_a_run_folder_without_checkpoints(command, tmp_path, capsys):
     (tmp_path / "run" / "config.yaml").write_text("model: {}\n")
     assert misuse(capsys, command, tmp_path / "run").startswith(f"{tmp_path / 'run'}: no checkpoint there")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+
+
+def test_eval_json_on_a_full_disk_is_one_line_and_keeps_the_previous_report(tiny_disk):
+    run = RunFolder(tiny_disk)
+    run.write_eval({"knn": 1})
+    with pytest.raises(OSError), open(tiny_disk / "filler", "wb") as f:
+        while True:
+            f.write(bytes(4096))
+            f.flush()
+    with pytest.raises(SslpipeError) as refused:
+        run.write_eval({"knn": 2, "padding": "x" * 10_000})
+    assert str(refused.value) == (f"no space left on {run.eval_report}: the evaluation's results were not "
+                                  f"kept; free space and run the same command again")
+    assert json.loads(run.eval_report.read_text()) == {"knn": 1}
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["eval.json", "filler"]

@@ -2,7 +2,6 @@
 shards kept, the unfinished one removed, and the same command finishing once there is room."""
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,28 +12,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """`resize(bytes)` -> the mount point of a tmpfs of that size (mounted, then remounted)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = False
-
-    def resize(size: int) -> Path:
-        nonlocal mounted
-        options = f"remount,size={size}" if mounted else f"size={size}"
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
-                              capture_output=True, text=True)
-        if done.returncode and not mounted:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        assert done.returncode == 0, done.stderr
-        mounted = True
-        return mount_point
-
-    yield resize
-    if mounted:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    return lambda size: tmpfs("disk", f"size={size}")
 
 
 def convert(root, out):

@@ -2,7 +2,6 @@
 metrics file says after a resume, and which endings are not a success."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -171,16 +170,9 @@ def test_non_finite_weights_are_never_saved(photo_shards, tmp_path, monkeypatch)
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 60 MiB file system: a ResNet-18 run's first checkpoint (about 45 MiB) fits, not two."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(disk)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    return tmpfs("disk", "size=60m")
 
 
 def test_a_full_disk_while_saving_says_so_and_keeps_the_last_checkpoint(photo_shards, small_disk, capsys):
@@ -198,3 +190,32 @@ def test_a_full_disk_while_saving_says_so_and_keeps_the_last_checkpoint(photo_sh
                     f"free space and continue with --resume"]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.pt", "step-00000001.pt"]
     assert final_state(small_disk / "simclr_small")["step"] == 1
+
+
+def test_a_full_disk_at_the_backbone_says_so_and_resume_writes_it(photo_shards, small_disk, tmpfs, capsys):
+    recipe = str(loop.Path(__file__).parents[2] / "recipes" / "simclr_small.yaml")
+    args = [recipe, f"data.train={photo_shards}", "data.batch_size=40", f"train.out={small_disk}",
+            "train.epochs=1", "data.num_threads=1", "optim.name=sgd", "optim.momentum=0",
+            *SMALL["simclr"]]
+    # One step of one epoch: the run's end; its checkpoint fits, the backbone beside it does not.
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    run = small_disk / "simclr_small"
+    assert "Traceback" not in err
+    assert [x for x in err.splitlines() if x.startswith("sslpipe: error:")] == [
+        f"sslpipe: error: no space left on {run / 'backbone.safetensors'}: training finished and its last "
+        f"checkpoint is intact, the backbone was not written; free space and run the same command "
+        f"with --resume"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    tmpfs("disk", "size=160m")  # space freed
+    assert main(["train", *args, "--resume"]) == 0
+    assert (run / "backbone.safetensors").stat().st_size > 40e6
+
+
+def test_a_backbone_file_left_by_a_kill_is_removed_at_the_next_start(photo_shards, tmp_path, capsys):
+    run = tmp_path / "simclr_small"
+    run.mkdir()
+    (run / ".backbone.safetensors.tmp").write_bytes(b"half a backbone")
+    train(config("simclr", photo_shards, tmp_path, "train.max_steps=1"))
+    assert f"removed {run / '.backbone.safetensors.tmp'}" in capsys.readouterr().err
+    assert not (run / ".backbone.safetensors.tmp").exists()
