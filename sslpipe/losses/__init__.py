@@ -6,9 +6,16 @@ Cross-rank communication goes through `sslpipe.distributed`, so each loss works 
 single process and under DDP.
 """
 
+from sslpipe.losses.byol import regression_loss
 from sslpipe.losses.infonce import info_nce
+from sslpipe.losses.invaspread import batch_criterion
+from sslpipe.losses.mocov3 import moco_v3_ctr
+from sslpipe.losses.nce import bank_scores, bank_softmax, nce_loss, nce_normalizer
 from sslpipe.losses.negcosine import negative_cosine
 from sslpipe.losses.ntxent import nt_xent
 from sslpipe.losses.swav import sinkhorn, swapped_prediction
+from sslpipe.losses.triplet import triplet_loss
 
-__all__ = ["info_nce", "negative_cosine", "nt_xent", "sinkhorn", "swapped_prediction"]
+__all__ = ["bank_scores", "bank_softmax", "nce_loss", "nce_normalizer",
+           "regression_loss", "triplet_loss", "batch_criterion", "moco_v3_ctr",
+           "info_nce", "negative_cosine", "nt_xent", "sinkhorn", "swapped_prediction"]

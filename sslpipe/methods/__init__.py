@@ -1,18 +1,30 @@
 """Self-supervised methods, one file each, one contract (`base.Method`).
 
 Adding a method: a file here with its `Config` dataclass and its `Method` subclass
-(`views_needed`, `forward`, any hooks), one entry in `METHODS`, and its recipes.
+(`views_needed`, `forward`, any hooks), one entry in `METHODS`, and its recipes. The loop builds
+every method as `cls(backbone, config, global_batch=B, samples=N)`: B the global batch, N the
+number of training samples over all shards (the range of `batch.index`; a memory bank's rows).
 """
 
 from sslpipe.methods.base import FeatureExtractor, Method, Step, StepOutput
+from sslpipe.methods.byol import BYOL
+from sslpipe.methods.cmc import CMC
+from sslpipe.methods.instdisc import InstDisc
+from sslpipe.methods.invaspread import InvaSpread
 from sslpipe.methods.moco import MoCo
+from sslpipe.methods.mocov3 import MoCoV3
 from sslpipe.methods.simclr import SimCLR
 from sslpipe.methods.simsiam import SimSiam
 from sslpipe.methods.swav import SwAV
+from sslpipe.methods.triplet import Triplet
 from sslpipe.methods.views import ViewsNeeded
 
 # The recipe's `method.name` -> the method; its `Config` types the recipe's `method` section.
-METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "mocov2": MoCo, "swav": SwAV, "simsiam": SimSiam}
+METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "mocov2": MoCo, "swav": SwAV, "simsiam": SimSiam,
+                                    "mocov3": MoCoV3, "invaspread": InvaSpread,
+                                    "byol": BYOL, "triplet": Triplet,
+                                    "instdisc": InstDisc, "cmc": CMC}
 
-__all__ = ["METHODS", "FeatureExtractor", "Method", "MoCo", "SimCLR", "SimSiam", "Step", "StepOutput", "SwAV",
+__all__ = ["CMC", "InstDisc", "BYOL", "Triplet", "InvaSpread", "MoCoV3",
+           "METHODS", "FeatureExtractor", "Method", "MoCo", "SimCLR", "SimSiam", "Step", "StepOutput", "SwAV",
            "ViewsNeeded"]

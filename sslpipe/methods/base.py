@@ -74,7 +74,11 @@ class Method(nn.Module):
     """Base of the methods: a backbone, heads, and the loss of one batch.
 
     Subclasses set `Config` (a frozen dataclass of the method's hyperparameters, the recipe's
-    `method` section), and implement `views_needed` and `forward`. The other methods are hooks
+    `method` section), and implement `views_needed` and `forward`. The loop constructs a method as
+    `cls(backbone, config, *, global_batch: int, samples: int | None = None)`: `global_batch` the
+    batch over all processes, `samples` the number of training samples over all shards (the range
+    0..samples-1 of `batch.index`, the rows of a memory bank; None where unknown, e.g. in a unit
+    test: a method that needs it refuses None with a ValueError). The other methods are hooks
     with defaults that do nothing; the loop calls them in this order each step: `forward`,
     backward, `before_optimizer_step`, the optimizer, `after_optimizer_step`; and
     `on_epoch_start(epoch, extract)` before an epoch's first step.

@@ -46,7 +46,7 @@ class MoCoConfig:
 class MoCo(Method):
     Config = MoCoConfig
 
-    def __init__(self, backbone, config: MoCoConfig, *, global_batch: int):
+    def __init__(self, backbone, config: MoCoConfig, *, global_batch: int, samples: int | None = None):
         super().__init__(backbone)
         self.config = config
         world = distributed.world_size()

@@ -27,7 +27,7 @@ class SimCLRConfig:
 class SimCLR(Method):
     Config = SimCLRConfig
 
-    def __init__(self, backbone, config: SimCLRConfig, *, global_batch: int):
+    def __init__(self, backbone, config: SimCLRConfig, *, global_batch: int, samples: int | None = None):
         super().__init__(backbone)
         self.config = config
         self.projector = mlp([backbone.num_features, *config.projector], norm_last=True)

@@ -22,7 +22,7 @@ class SimSiamConfig:
 class SimSiam(Method):
     Config = SimSiamConfig
 
-    def __init__(self, backbone, config: SimSiamConfig, *, global_batch: int):
+    def __init__(self, backbone, config: SimSiamConfig, *, global_batch: int, samples: int | None = None):
         super().__init__(backbone)
         self.config = config
         dim = config.projector[-1]

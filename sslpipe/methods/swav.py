@@ -44,7 +44,7 @@ class SwAVConfig:
 class SwAV(Method):
     Config = SwAVConfig
 
-    def __init__(self, backbone, config: SwAVConfig, *, global_batch: int):
+    def __init__(self, backbone, config: SwAVConfig, *, global_batch: int, samples: int | None = None):
         super().__init__(backbone)
         self.config = config
         world = distributed.world_size()

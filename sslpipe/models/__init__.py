@@ -6,11 +6,15 @@ with a `num_features` attribute.
 """
 
 from sslpipe.errors import SslpipeError
-from sslpipe.models.global_batchnorm import GlobalBatchNorm2d, convert_global_batchnorm
+from sslpipe.models.cmc import CMCSplit, cmc_resnet18, cmc_resnet18_ycbcr, cmc_resnet50, cmc_resnet50_ycbcr
+from sslpipe.models.global_batchnorm import GlobalBatchNorm1d, GlobalBatchNorm2d, convert_global_batchnorm
 from sslpipe.models.mlp import mlp
 from sslpipe.models.resnet import ResNet, resnet18, resnet50
 
 BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
+# CMC's two encoders (L and ab, or Y and CbCr) on the RGB view, their features concatenated.
+BACKBONES.update({"cmc_resnet18": cmc_resnet18, "cmc_resnet50": cmc_resnet50,
+                  "cmc_resnet18_ycbcr": cmc_resnet18_ycbcr, "cmc_resnet50_ycbcr": cmc_resnet50_ycbcr})
 
 
 def build_backbone(name: str, *, small_images: bool = False, zero_init_residual: bool = False) -> ResNet:
@@ -20,5 +24,5 @@ def build_backbone(name: str, *, small_images: bool = False, zero_init_residual:
     return BACKBONES[name](small_images=small_images, zero_init_residual=zero_init_residual)
 
 
-__all__ = ["BACKBONES", "GlobalBatchNorm2d", "build_backbone", "convert_global_batchnorm", "mlp", "resnet18",
-           "resnet50"]
+__all__ = ["BACKBONES", "CMCSplit", "GlobalBatchNorm1d", "GlobalBatchNorm2d", "build_backbone",
+           "convert_global_batchnorm", "mlp", "resnet18", "resnet50"]

@@ -2,7 +2,9 @@
 
 Version 1.5 as torchvision: the Bottleneck strides in its 3x3 conv. State-dict keys, shapes and
 initialisation are identical to torchvision's `resnet18()` / `resnet50()`, so checkpoints load
-either way. `small_images=True` swaps in the CIFAR-style stem (3x3 stride-1 conv1, no max-pool).
+either way. `small_images=True` swaps in the CIFAR-style stem (3x3 stride-1 conv1, no max-pool). `in_channels`
+and `width` (the stages' channels x width, the stem's 64 kept) serve CMC's split encoders (one
+ResNet on L, one on ab; "2xResNet50half" is width 0.5, as HobbitLong/CMC models/resnet.py).
 """
 
 from __future__ import annotations
@@ -71,22 +73,25 @@ class ResNet(nn.Module):
 
     def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, int, int, int], *,
                  num_classes: int | None = None, small_images: bool = False,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0):
         super().__init__()
+        if in_channels < 1 or not width > 0:
+            raise ValueError(f"a ResNet needs in_channels >= 1 and width > 0, got {in_channels} and {width}")
         self._inplanes = 64
         if small_images:
-            self.conv1 = _conv(3, 64, 3)
+            self.conv1 = _conv(in_channels, 64, 3)
         else:
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_images else nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._stage(block, 64, depths[0], 1)
-        self.layer2 = self._stage(block, 128, depths[1], 2)
-        self.layer3 = self._stage(block, 256, depths[2], 2)
-        self.layer4 = self._stage(block, 512, depths[3], 2)
+        base = int(64 * width)
+        self.layer1 = self._stage(block, base, depths[0], 1)
+        self.layer2 = self._stage(block, base * 2, depths[1], 2)
+        self.layer3 = self._stage(block, base * 4, depths[2], 2)
+        self.layer4 = self._stage(block, base * 8, depths[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.num_features = 512 * block.expansion
+        self.num_features = base * 8 * block.expansion
         self.fc = nn.Identity() if num_classes is None else nn.Linear(self.num_features, num_classes)
 
         for m in self.modules():
@@ -119,14 +124,14 @@ class ResNet(nn.Module):
 
 
 def resnet18(*, num_classes: int | None = None, small_images: bool = False,
-             zero_init_residual: bool = False) -> ResNet:
-    """ResNet-18 (BasicBlock, 2-2-2-2), 11.7M parameters with a 1000-way fc; num_features 512."""
+             zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    """ResNet-18 (BasicBlock, 2-2-2-2), 11.7M parameters with a 1000-way fc; num_features 512 x width."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, small_images=small_images,
-                  zero_init_residual=zero_init_residual)
+                  zero_init_residual=zero_init_residual, in_channels=in_channels, width=width)
 
 
 def resnet50(*, num_classes: int | None = None, small_images: bool = False,
-             zero_init_residual: bool = False) -> ResNet:
-    """ResNet-50 (Bottleneck, 3-4-6-3), 25.6M parameters with a 1000-way fc; num_features 2048."""
+             zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    """ResNet-50 (Bottleneck, 3-4-6-3), 25.6M parameters with a 1000-way fc; num_features 2048 x width."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, small_images=small_images,
-                  zero_init_residual=zero_init_residual)
+                  zero_init_residual=zero_init_residual, in_channels=in_channels, width=width)

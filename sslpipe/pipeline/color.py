@@ -1,4 +1,5 @@
-"""The photometric operations, with torchvision's semantics, on float32 batches in [0, 1].
+"""The photometric operations, with torchvision's semantics, on float32 batches in [0, 1]; the
+`tf_*` functions are TensorFlow's (`tf.image.adjust_*`, as BYOL's official JAX code writes them).
 
 Each function takes `x` (n, 3, H, W) and per-sample parameters of shape (n,), and returns a new
 (n, 3, H, W) tensor (the input is left alone). They are written for speed on both devices: plain
@@ -56,19 +57,25 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (x * _per_sample(factor)).addcmul_(grayscale(x), _per_sample(1 - factor)).clamp_(0, 1)
 
 
-def shift_hue(x: torch.Tensor, turns: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+def shift_hue(x: torch.Tensor, turns: torch.Tensor, where: torch.Tensor | None = None,
+              saturation: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate the HSV hue by `turns` of a full turn, keeping saturation and value; with `where`
-    ((n,) bool), only in those samples (the others are copied, in the same pass).
+    ((n,) bool), only in those samples (the others are copied, in the same pass). `saturation`
+    ((n,), TF semantics, see `tf_saturation`) also scales the HSV saturation, clipped to [0, 1]:
+    the TF jitter's saturation and hue in one kernel (either or both per sample: they commute).
 
     Value v = max, chroma c = max - min, and the hue h in sectors ([0, 6), red at 0, green at 2,
     blue at 4) from the largest channel. After the shift, each channel is v - c * clamp(d - 1, 0, 1),
     d the distance on the hue circle from h to the channel's own hue: the closed form of HSV ->
     RGB, with no per-sector branches. Gray pixels (c = 0) keep their value whatever the hue, and
-    black ones stay finite: no 0/0 is formed.
+    black ones stay finite: no 0/0 is formed. The saturation f scales s = c / v to
+    clamp(f s, 0, 1), i.e. the chroma c to min(max(f, 0) c, v), in the same closed form.
     """
     r, g, b = x.unbind(dim=1)
     low, value = torch.aminmax(x, dim=1)
     chroma = value - low
+    new_chroma = chroma if saturation is None else \
+        torch.minimum(chroma * saturation.clamp_min(0).view(-1, 1, 1), value)
     inverse = chroma.clamp_min(1e-12).reciprocal_()  # where c = 0 the numerators below are 0 too
     # The formula of the largest channel (on ties they agree): (g - b) / c for red, (b - r) / c + 2
     # for green, (r - g) / c + 4 for blue.
@@ -84,7 +91,7 @@ def shift_hue(x: torch.Tensor, turns: torch.Tensor, where: torch.Tensor | None =
         if channel == 0:  # around the circle: h in [0, 6) is 6 - h from red the other way
             distance = torch.minimum(distance, 6 - distance)
         # (green's and blue's distances are not wrapped: past 3 the clamp saturates anyway)
-        shifted = torch.addcmul(value, chroma, distance.sub_(1).clamp_(0, 1), value=-1)
+        shifted = torch.addcmul(value, new_chroma, distance.sub_(1).clamp_(0, 1), value=-1)
         if compiling:
             kept = shifted if where is None else torch.where(where.view(-1, 1, 1), shifted, x[:, channel])
             channels.append(kept)
@@ -93,6 +100,46 @@ def shift_hue(x: torch.Tensor, turns: torch.Tensor, where: torch.Tensor | None =
         else:
             torch.where(where.view(-1, 1, 1), shifted, x[:, channel], out=out[:, channel])
     return torch.stack(channels, dim=1) if compiling else out
+
+
+def tf_brightness(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """clamp(x + delta): `tf.image.adjust_brightness`, additive (torchvision's multiplies)."""
+    return (x + _per_sample(delta)).clamp_(0, 1)
+
+
+def channel_means(x: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) -> (n, 3): each channel's mean over the pixels."""
+    return x.mean(dim=(2, 3))
+
+
+def tf_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """clamp(f * (x - m_c) + m_c), m_c the mean of each channel over the image:
+    `tf.image.adjust_contrast` (torchvision's is around one mean luma for all three channels)."""
+    offset = (1 - factor)[:, None] * channel_means(x)
+    return scale_shift(x, factor, offset)
+
+
+def tf_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """`tf.image.adjust_saturation`: to HSV, s -> clamp(f s, 0, 1), back to RGB; without the round
+    trip. With v = max and c = max - min of each pixel, HSV -> RGB gives each channel as
+    v - c k_c(h), k_c in [0, 1] a function of the hue alone; h and v stay, so a new saturation
+    s' = c' / v makes each channel v - (c' / c)(v - x_c). Unclipped c' = f c: v - f (v - x_c), a
+    blend towards the max (torchvision's is towards the luma); where f s > 1 the saturation clips
+    at 1 (c' = v): the factor is v / c instead, the smallest channel lands on 0 and the hue stays.
+    So x_c' = v - min(max(f, 0), v / c) (v - x_c); simply clamping v - f (v - x_c) at 0 would
+    move the hue of those pixels. Gray (c = 0) and black pixels come back unchanged.
+    """
+    low, value = torch.aminmax(x, dim=1, keepdim=True)
+    limit = value / (value - low).clamp_min(1e-12)  # where c = 0, v - x_c is 0 too
+    scale = torch.minimum(_per_sample(factor.clamp_min(0)), limit)
+    return torch.addcmul(value, scale, value - x, value=-1).clamp_(0, 1)
+
+
+def scale_shift(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """clamp(scale * x + offset, 0, 1): scale (n,), offset (n, 3); the affine map of the TF jitter's
+    brightness (scale 1, offset delta) and contrast (scale f, offset (1 - f) m_c), a diagonal
+    matrix, so one multiply-add per value (scale 1 and offset 0 give x back exactly)."""
+    return torch.addcmul(offset[:, :, None, None], x, _per_sample(scale)).clamp_(0, 1)
 
 
 def affine(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ class ViewLoader:
     Args:
         spec: a `PipelineSpec`, a YAML path, or a shipped spec's name (`"simclr"`).
         shards: a glob or brace pattern (`"out/train-*.tar"`) or a list of tar paths, each with
-            its DALI `.idx` beside it (as `sslpipe convert` writes them).
+            its DALI `.idx` beside it (as `sslpipe convert` writes them), or `resolve_shards`' result.
         batch_size: images per batch per rank (each gives one sample in every view).
         device: `"cpu"` (DALI CPU operators, the photometric ops on CPU tensors) or `"cuda"`/`"cuda:N"`
             (DALI mixed decoding with the hardware JPEG decoder, the photometric ops on the GPU).

@@ -165,7 +165,11 @@ def _decimal(rows: np.ndarray, start: np.ndarray, stop: np.ndarray) -> tuple[np.
 
 def resolve_shards(shards: str | Path | list) -> list[Shard]:
     """Shards from a glob or brace pattern (`out/train-*.tar`, `out/train-{000000..000009}.tar`),
-    or a list of tar paths; every shard must have its `.idx` and hold `.jpg` and `.cls` per sample."""
+    or a list of tar paths; every shard must have its `.idx` and hold `.jpg` and `.cls` per sample.
+    A list of `Shard`s is returned as it is (already resolved: the training loop's check of its
+    inputs hands its result to the loader, so that the indexes are read once)."""
+    if isinstance(shards, (list, tuple)) and shards and all(isinstance(s, Shard) for s in shards):
+        return list(shards)
     patterns = [str(shards)] if isinstance(shards, (str, Path)) else [str(s) for s in shards]
     if not patterns:
         raise SslpipeError("no shards given: pass a pattern such as 'shards/train-*.tar'")

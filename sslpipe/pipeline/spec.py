@@ -139,7 +139,7 @@ class ViewSpec:
         data["normalize"] = dataclasses.asdict(self.normalize) if self.normalize else None
         for key in OPS:
             settings = self.op(key)
-            data[key] = dataclasses.asdict(settings) if settings is not None else None
+            data[key] = _settings_dict(settings) if settings is not None else None
         data["kornia"] = [{t.name: dict(t.args)} for t in self.kornia]
         return json.loads(json.dumps(data))  # tuples as lists: plain data
 
@@ -199,6 +199,13 @@ class PipelineSpec:
 
         groups = tuple(scaled(g) for g in self.groups)
         return dataclasses.replace(self, name=f"{self.name}@{size}", groups=groups)
+
+
+def _settings_dict(settings) -> dict:
+    """An op's settings as plain data, less the fields marked `omit_if_default` that hold their
+    default (a setting added later leaves the fingerprints of the specs that do not use it alone)."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if not (f.metadata.get("omit_if_default") and getattr(settings, f.name) == f.default)}
 
 
 def _odd(value: float) -> int:

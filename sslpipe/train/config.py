@@ -32,6 +32,7 @@ from sslpipe.typed import build, yaml_problem
 class DataConfig:
     train: str = "demo-out/shards/train-*.tar"  # shard pattern or brace list, `.idx` beside each tar
     pipeline: str = "simclr"       # a shipped spec's name or a YAML path
+    size: int | None = None        # rescale the spec: its first view to this size (None: as written)
     batch_size: int = 256          # global: over all processes (the papers' B); must divide evenly
     decode: Literal["once", "roi"] = "once"
     num_threads: int | None = None  # DALI threads per process (default: this process's share)
@@ -44,6 +45,8 @@ class DataConfig:
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 (or null: this process's share of the cores), "
                              f"got {self.num_threads}")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1 (or null: the spec's own sizes), got {self.size}")
         if self.shuffle_buffer < 1:  # DALI crashes the process on 0 or less
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
 
@@ -53,7 +56,7 @@ class ModelConfig:
     backbone: Literal[tuple(BACKBONES)] = "resnet50"
     small_images: bool = False     # 3x3 stride-1 stem and no max-pool, for 32-96 px images
     zero_init_residual: bool = False
-    sync_bn: bool = False          # BatchNorm over the global batch (GlobalBatchNorm2d)
+    sync_bn: bool = False          # BatchNorm over the global batch (GlobalBatchNorm2d and 1d)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from sslpipe.models import build_backbone, convert_global_batchnorm
 from sslpipe.optim import OPTIMIZERS, apply_schedule, constant, param_groups, scale_lr, warmup_cosine
 from sslpipe.pipeline.batch import Batch
 from sslpipe.pipeline.loader import ViewLoader
-from sslpipe.pipeline.shardlist import resolve_shards
+from sslpipe.pipeline.shardlist import Shard, resolve_shards
 from sslpipe.pipeline.spec import PipelineSpec, load_spec
 from sslpipe.train.checkpoint import LAST, Checkpointer, MethodRankState, Progress, RNGState
 from sslpipe.train.config import Config
@@ -78,17 +78,18 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
         raise SslpipeError(f"data.batch_size={config.data.batch_size} leaves "
                            f"{config.data.batch_size // world} image per process: training needs at least "
                            f"2 (BatchNorm's batch statistics, the other images as negatives)")
-    _check_inputs(config)  # every file the run will read, before minutes of start-up and epochs
+    shards = _check_inputs(config)  # every file the run will read, before minutes of start-up and epochs
     torch.manual_seed(config.train.seed)  # the same initial weights on every process
 
-    spec = load_spec(config.data.pipeline)
-    method = build_method(config)
+    spec = load_spec(config.data.pipeline, config.data.size)
+    # The range of `batch.index` over all shards (the loader's `SampleIndex`): a memory bank's rows.
+    method = build_method(config, samples=sum(len(shard) for shard in shards))
     needed = method.views_needed()
     needed.check(spec, config.method_name)  # before any work: a spec that does not fit trains wrongly
     warning = recipe_memory_warning(config, spec, world, accelerator.device, accelerator.mixed_precision)
     if warning:  # before the minutes of start-up that a first step out of memory would waste
         accelerator.print(warning, file=sys.stderr)
-    loader = ViewLoader(spec, config.data.train, config.data.batch_size // world,
+    loader = ViewLoader(spec, shards, config.data.batch_size // world,
                         device=accelerator.device, rank=rank, world_size=world, seed=config.train.seed,
                         dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32,
                         channels_last=config.data.channels_last, decode=config.data.decode,
@@ -175,18 +176,20 @@ def _checkpoint_to_resume(run: RunFolder, resume: str | Path | None, acc: Accele
     return None
 
 
-def _check_inputs(config: Config) -> None:
+def _check_inputs(config: Config) -> list[Shard]:
     """The shards and specs of training and of the online evaluation exist and parse, each error
-    naming its setting (the evaluation's would otherwise surface after the first epoch)."""
+    naming its setting (the evaluation's would otherwise surface after the first epoch). Returns the
+    training shards, resolved (their indexes read once, for the method's sample count and the loader)."""
     evaluation = config.eval
     shards = {"data.train": config.data.train}
-    specs = {"data.pipeline": (config.data.pipeline, None)}
+    specs = {"data.pipeline": (config.data.pipeline, config.data.size)}
     if evaluation.val and evaluation.every_epochs:
         shards.update({"eval.val": evaluation.val, "eval.train": evaluation.train or config.data.train})
         specs["eval.pipeline"] = (evaluation.pipeline, evaluation.size)
+    resolved = {}
     for setting, pattern in shards.items():
         try:
-            resolve_shards(pattern)
+            resolved[setting] = resolve_shards(pattern)
         except SslpipeError as e:
             raise SslpipeError(f"{setting}={pattern!r}: {e}") from None
     for setting, (name, size) in specs.items():
@@ -194,6 +197,7 @@ def _check_inputs(config: Config) -> None:
             load_spec(name, size)
         except SslpipeError as e:
             raise SslpipeError(f"{setting}={name!r}: {e}") from None
+    return resolved["data.train"]
 
 
 @dataclass
@@ -388,12 +392,14 @@ def _accelerator(config: Config) -> Accelerator:
                        log_with="tensorboard" if tensorboard else None, kwargs_handlers=[ddp])
 
 
-def build_method(config: Config) -> Method:
-    """The recipe's method (registry `METHODS`) around its backbone (registry `BACKBONES`)."""
+def build_method(config: Config, *, samples: int | None = None) -> Method:
+    """The recipe's method (registry `METHODS`) around its backbone (registry `BACKBONES`); `samples`:
+    the number of training samples over all shards (None where unknown: a memory-bank method refuses)."""
     backbone = build_backbone(config.model.backbone, small_images=config.model.small_images,
                               zero_init_residual=config.model.zero_init_residual)
     try:
-        return METHODS[config.method_name](backbone, config.method, global_batch=config.data.batch_size)
+        return METHODS[config.method_name](backbone, config.method, global_batch=config.data.batch_size,
+                                           samples=samples)
     except ValueError as e:
         raise SslpipeError(f"method {config.method_name}: {e}") from None
 

@@ -1,4 +1,4 @@
-"""GlobalBatchNorm2d across 2 gloo processes against nn.BatchNorm2d on the concatenated batch.
+"""GlobalBatchNorm2d and 1d across 2 gloo processes against torch's BatchNorm on the concatenated batch.
 
 One spawn runs every distributed check (starting processes costs most of the time): each rank
 takes its half of fixed global batches and saves what it computed; the tests compare in the
@@ -16,7 +16,7 @@ from torch import nn
 
 from sslpipe import distributed
 from sslpipe.counting import DispatchCounter
-from sslpipe.models import GlobalBatchNorm2d, convert_global_batchnorm
+from sslpipe.models import GlobalBatchNorm1d, GlobalBatchNorm2d, convert_global_batchnorm
 from sslpipe.models.split_batchnorm import SplitBatchNorm2d
 
 WORLD = 2
@@ -57,7 +57,7 @@ def _steps(layer, xs, upstream, channels_last_at=1, autocast=False):
             y = layer(x)
         (y.float() * u).sum().backward()
         record = {"y": y.detach(), "x_grad": x.grad,
-                  "channels_last": y.is_contiguous(memory_format=torch.channels_last)}
+                  "channels_last": y.ndim == 4 and y.is_contiguous(memory_format=torch.channels_last)}
         if layer.affine:
             record["weight_grad"], record["bias_grad"] = layer.weight.grad.clone(), layer.bias.grad.clone()
             layer.weight.grad = layer.bias.grad = None
@@ -77,6 +77,9 @@ def _worker(rank, folder):
         out = {}
         for case, kwargs in CASES:
             out[case] = _steps(_layer(GlobalBatchNorm2d, inputs, **kwargs), xs, upstream)
+        # The heads' BatchNorm1d: (N, C) rows, the first pixel of each channel.
+        out["1d"] = _steps(_layer(GlobalBatchNorm1d, inputs), [x[:, :, 0, 0] for x in xs],
+                           [u[:, :, 0, 0] for u in upstream], channels_last_at=-1)
         out["bf16"] = _steps(_layer(GlobalBatchNorm2d, inputs), [x.bfloat16() for x in xs], upstream,
                              autocast=True)
         for case in ("momentum", "bf16"):  # what DDP does to parameter gradients: mean over ranks
@@ -125,6 +128,19 @@ def test_outputs_and_input_gradients_are_those_of_the_whole_batch(run, case, kwa
     # Not the local statistics: one rank's half alone normalises differently.
     local = _layer(nn.BatchNorm2d, inputs, **kwargs)(inputs["x"][0][:N])
     assert not torch.allclose(local, ranks[0][case][0][0]["y"], atol=1e-2)
+
+
+def test_batchnorm1d_outputs_gradients_and_statistics_are_the_whole_batch_ones(run):
+    inputs, ranks = run
+    ref, want = _steps(_layer(nn.BatchNorm1d, inputs), [x[:, :, 0, 0] for x in inputs["x"]],
+                       [u[:, :, 0, 0] for u in inputs["upstream"]], channels_last_at=-1)
+    for r, out in enumerate(ranks):
+        seen, state = out["1d"]
+        for mine, expected in zip(seen, ref):
+            for key in ("y", "x_grad"):
+                torch.testing.assert_close(mine[key], expected[key][_rank_slice(r)], atol=1e-5, rtol=1e-5)
+        for key in want:
+            torch.testing.assert_close(state[key], want[key], atol=1e-5, rtol=1e-5)
 
 
 def test_weight_and_bias_gradients_averaged_as_ddp_are_the_whole_batch_ones(run):
@@ -189,7 +205,7 @@ def test_one_process_is_batchnorm_in_training_and_eval():
     assert torch.equal(ours(inputs["x"][0]), ref(inputs["x"][0]))
 
 
-def test_convert_replaces_batchnorm2d_keeping_its_state_and_leaves_split_batchnorm():
+def test_convert_replaces_batchnorm2d_and_1d_keeping_their_state_and_leaves_split_batchnorm():
     split = SplitBatchNorm2d(3, splits=2)
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, momentum=0.3, eps=1e-3),
                           nn.Sequential(nn.BatchNorm2d(3, affine=False), split), nn.BatchNorm1d(3))
@@ -206,7 +222,7 @@ def test_convert_replaces_batchnorm2d_keeping_its_state_and_leaves_split_batchno
     converted = convert_global_batchnorm(model)
     assert converted is model
     assert type(model[1]) is GlobalBatchNorm2d and type(model[2][0]) is GlobalBatchNorm2d
-    assert model[2][1] is split and type(model[3]) is nn.BatchNorm1d
+    assert model[2][1] is split and type(model[3]) is GlobalBatchNorm1d
     assert (model[1].eps, model[1].momentum, model[2][0].affine) == (1e-3, 0.3, False)
     assert not model[1].training and not model[2][0].training
     assert all(p is params[name] for name, p in model.named_parameters())  # an optimizer's stay valid
@@ -214,3 +230,4 @@ def test_convert_replaces_batchnorm2d_keeping_its_state_and_leaves_split_batchno
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert type(convert_global_batchnorm(nn.BatchNorm2d(2))) is GlobalBatchNorm2d
+    assert type(convert_global_batchnorm(nn.BatchNorm1d(2))) is GlobalBatchNorm1d

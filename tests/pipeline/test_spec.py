@@ -5,8 +5,10 @@ import pytest
 from sslpipe.errors import SslpipeError
 from sslpipe.pipeline.spec import Blur, ColorJitter, Grayscale, load_spec, parse_spec, shipped_specs
 
-SHIPPED_NAMES = ["simclr", "mocov2", "byol", "swav_multicrop", "eval",
-                 "small_simclr", "small_mocov2", "small_swav_multicrop", "finetune", "demo_simclr"]
+SHIPPED_NAMES = ["simclr", "mocov2", "byol", "mocov3", "triplet", "instdisc", "invaspread", "cmc",
+                 "swav_multicrop", "eval", "finetune", "demo_simclr", "small_simclr", "small_mocov2",
+                 "small_swav_multicrop", "small_byol", "small_mocov3", "small_triplet", "small_instdisc",
+                 "small_invaspread", "small_cmc"]
 
 
 def test_every_shipped_spec_loads_and_none_is_missing():
@@ -34,7 +36,7 @@ def test_shipped_values_follow_the_reference_table():
     one, two = byol.groups
     assert (one.blur.p, two.blur.p) == (1.0, 0.1)
     assert one.solarize is None and (two.solarize.p, two.solarize.threshold) == (0.2, 0.5)
-    assert one.color_jitter == two.color_jitter == ColorJitter(0.8, 0.4, 0.4, 0.2, 0.1)
+    assert one.color_jitter == two.color_jitter == ColorJitter(0.8, 0.4, 0.4, 0.2, 0.1, semantics="tf")
     assert one.interpolation == two.interpolation == "bicubic"
 
     swav = load_spec("swav_multicrop")

@@ -15,7 +15,13 @@ SMALL = {"simclr": ["method.projector=[64, 32]"],
          "mocov2": ["method.head=[64, 32]", "method.queue_size=32", "method.bn_splits=2"],
          "swav": ["method.projector=[64, 32]", "method.prototypes=20", "method.freeze_prototypes_steps=2",
                   "method.queue_length=16", "method.queue_start_epoch=0"],
-         "simsiam": ["method.projector=[64, 64]", "method.predictor_hidden=16"]}
+         "simsiam": ["method.projector=[64, 64]", "method.predictor_hidden=16"],
+         "mocov3": ["method.projector=[64, 32]", "method.predictor_hidden=16"],
+         "invaspread": ["method.dim=32"],
+         "instdisc": ["method.negatives=16", "method.dim=32"],
+         "cmc": ["method.negatives=16", "method.dim=32"],
+         "byol": ["method.projector=[64, 32]", "method.predictor_hidden=64"],
+         "triplet": ["method.projector=[64, 32]", "method.predictor_hidden=64", "method.negatives_to=5"]}
 
 
 def config(method, shards, out, *overrides):

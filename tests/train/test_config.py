@@ -61,7 +61,7 @@ def test_overrides_replace_values_with_their_types(tmp_path):
     ("method: {name: simclr}\noptim: {lr: fast}\n", r"mine.yaml: optim.lr: expected a number, got 'fast'"),
     ("method: {name: simclr}\noptim: {lrr: 0.1}\n", r"mine.yaml: optim.lrr: unknown key"),
     ("method: {name: simclr, queue_size: 10}\n", r"mine.yaml: method.queue_size: unknown key"),
-    ("method: {name: byol}\n", r"mine.yaml: method.name: unknown method 'byol'"),
+    ("method: {name: no_such_method}\n", r"mine.yaml: method.name: unknown method 'no_such_method'"),
     ("data: {batch_size: 8}\n", r"mine.yaml: method.name: required"),
     ("method: {name: simclr}\nextra: 1\n", r"mine.yaml: extra: unknown section"),
     ("method: {name: simclr}\noptim: {name: adam}\n", r"mine.yaml: optim.name: expected one of lars, sgd"),

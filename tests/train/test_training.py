@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from run_helpers import RECIPES, SMALL, STEPS_PER_EPOCH, assert_identical, config, final_state
 from safetensors.torch import load_file
 
@@ -38,7 +39,7 @@ def test_a_run_writes_its_folder(photo_shards, tmp_path):
     assert torch.equal(backbone["conv1.weight"], final_state(run_dir)["model"]["backbone.conv1.weight"])
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2", "swav", "simsiam"])
+@pytest.mark.parametrize("method", sorted(SMALL))  # every method with a small recipe
 def test_n_steps_then_resume_then_n_steps_equals_2n_steps_bit_for_bit(photo_shards, tmp_path, method):
     # 3 + 4 steps cross the epoch boundary after step 5 (the loader starts a new epoch's pipeline).
     whole = train(config(method, photo_shards, tmp_path / "whole", "train.max_steps=7"))
@@ -173,3 +174,11 @@ def test_impossible_optimizer_settings_are_refused(photo_shards, tmp_path):
         config("simclr", photo_shards, tmp_path, "optim.clip_grad_norm=-1")
     with pytest.raises(SslpipeError, match=r"optim.lr: expected a finite number, got inf"):
         config("simclr", photo_shards, tmp_path, "optim.lr=.inf")
+
+
+def test_data_size_rescales_the_training_spec(photo_shards, tmp_path):
+    run_dir = train(config("simclr", photo_shards, tmp_path, "data.size=32", "train.max_steps=1"))
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["resolved"]["spec"]["name"].endswith("@32")
+    with pytest.raises(SslpipeError, match="'data.size=0': data: size must be >= 1"):
+        config("simclr", photo_shards, tmp_path, "data.size=0")
