@@ -38,9 +38,16 @@ from sslpipe.pipeline.spec import load_spec  # noqa: E402
 from sslpipe.runs.evaluate import evaluate_run  # noqa: E402
 from sslpipe.train.config import load_config  # noqa: E402
 from sslpipe.train.loop import train  # noqa: E402
+from sslpipe.train.stop import TrainingStopped  # noqa: E402
 
 BEGIN, END = "<!-- bench_methods: begin -->", "<!-- bench_methods: end -->"
 DEMO = "simclr_demo"  # the demo's own recipe: the row to compare with
+# One optimizer for every method, the demo recipe's (LARS, 0.15 x sqrt(64) = 1.2, one warmup
+# epoch), and one initialisation: at the small recipes' own rates (0.03-0.5 at batch 64) no
+# method beats a random network in 8 epochs on this data (the first table in docs/benchmarks.md).
+SHARED = ["optim.name=lars", "optim.lr=0.15", "optim.lr_scaling=sqrt", "optim.warmup_epochs=1",
+          "optim.weight_decay=1.0e-6", "optim.exclude_bias_and_norm=true", "optim.momentum=0.9",
+          "optim.eta=0.001", "optim.final_lr_ratio=0.0", "model.zero_init_residual=false"]
 
 
 def main() -> None:
@@ -61,6 +68,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--doc", type=Path, default=REPO / "docs/benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="print only")
+    parser.add_argument("--own-optim", action="store_true",
+                        help="each recipe's own optimizer and initialisation instead of the demo's")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the rows of runs whose recipe, spec and settings are unchanged")
     args = parser.parse_args()
@@ -84,7 +93,8 @@ def _one(recipe: str, shards: Path, out: Path, args) -> dict:
     """Train and evaluate one recipe: its table row (with "failed" when it did)."""
     overrides = [f"data.train={shards / 'train-*.tar'}", f"data.batch_size={args.batch_size}",
                  f"data.size={args.size}", f"eval.size={args.size}", f"train.epochs={args.epochs}",
-                 f"train.out={out}", f"train.run={recipe}", "eval.every_epochs=0", "train.seed=0"]
+                 f"train.out={out}", f"train.run={recipe}", "eval.every_epochs=0", "train.seed=0",
+                 *([] if args.own_optim else SHARED)]
     row = {"recipe": recipe}
     try:
         recipe_file = REPO / "recipes" / f"{recipe}.yaml"
@@ -109,6 +119,8 @@ def _one(recipe: str, shards: Path, out: Path, args) -> dict:
         row["train_min"] = (time.perf_counter() - start) / 60
         report = evaluate_run(run, val=str(shards / "val-*.tar"), linear_epochs=args.linear_epochs,
                               device=args.device)
+    except TrainingStopped:  # SIGTERM or Ctrl-C: the benchmark stops, not just this row
+        raise
     except (SslpipeError, ValueError, RuntimeError) as e:  # the table says what failed, and goes on
         row["failed"] = str(e).splitlines()[0][:200]
         print(f"{recipe} failed: {e}", file=sys.stderr, flush=True)
@@ -167,11 +179,12 @@ def _section(rows: list[dict], args) -> str:
         f"(the demo spec's: the digits fill most of an image, and a crop of 8-20% of it, the recipes' "
         f"lower bounds, cuts most of a digit out), seed 0, ResNet-18; then evaluated on the held-out val "
         f"split (500 images) with frozen features: weighted kNN (cosine, T=0.07, k=20) and a linear "
-        f"probe ({args.linear_epochs} epochs). Random: the recipe's ResNet-18 freshly initialised (a "
-        f"zero-initialised last BN per block, where the recipe asks for it, makes a weaker random "
-        f"baseline). The recipes' other settings (heads, temperatures, learning rates, the other "
-        f"augmentations) are their own: a small-scale comparison of what each recipe learns in a few "
-        f"minutes, not of the methods at their papers' scale.",
+        f"probe ({args.linear_epochs} epochs). Random: the recipe's backbone freshly initialised. "
+        + ("Each recipe's own optimizer and initialisation. " if args.own_optim else
+           f"One optimizer and initialisation for all, the demo recipe's: `{' '.join(SHARED)}`. ")
+        + "The recipes' other settings (heads, temperatures, losses, the other augmentations) are "
+        "their own: a small-scale comparison of what each learns in a few minutes, not of the "
+        "methods at their papers' scale.",
         "",
         *table,
         "",
