@@ -44,7 +44,7 @@ BEGIN, END = "<!-- bench_methods: begin -->", "<!-- bench_methods: end -->"
 DEMO = "simclr_demo"  # the demo's own recipe: the row to compare with
 # One optimizer for every method, the demo recipe's (LARS, 0.15 x sqrt(64) = 1.2, one warmup
 # epoch), and one initialisation: at the small recipes' own rates (0.03-0.5 at batch 64) no
-# method beats a random network in 8 epochs on this data (the first table in docs/benchmarks.md).
+# method beats a random network in 8 epochs on this data (docs/benchmarks.md, under the table).
 SHARED = ["optim.name=lars", "optim.lr=0.15", "optim.lr_scaling=sqrt", "optim.warmup_epochs=1",
           "optim.weight_decay=1.0e-6", "optim.exclude_bias_and_norm=true", "optim.momentum=0.9",
           "optim.eta=0.001", "optim.final_lr_ratio=0.0", "model.zero_init_residual=false"]
@@ -160,6 +160,7 @@ def _section(rows: list[dict], args) -> str:
     table = ["| method | recipe | views | train min | last loss | kNN top-1 pretrained / random | "
              "linear top-1 pretrained / random |", "|---|---|---|---:|---:|---:|---:|"]
     for row in rows:
+        row = {**row, "views": row.get("views", "").split("): ", 1)[-1]}  # without the spec's path
         if "failed" in row:
             table.append(f"| {row.get('method', '?')} | `{row['recipe']}` | {row.get('views', '')} | "
                          f"failed: {row['failed']} | | | |")

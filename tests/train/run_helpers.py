@@ -18,7 +18,7 @@ SMALL = {"simclr": ["method.projector=[64, 32]"],
          "simsiam": ["method.projector=[64, 64]", "method.predictor_hidden=16"],
          "mocov3": ["method.projector=[64, 32]", "method.predictor_hidden=16"],
          "invaspread": ["method.dim=32"],
-         "instdisc": ["method.negatives=16", "method.dim=32"],
+         "instdisc": ["method.objective=nce", "method.negatives=16", "method.dim=32"],  # Z resumes too
          "cmc": ["method.negatives=16", "method.dim=32"],
          "byol": ["method.projector=[64, 32]", "method.predictor_hidden=64"],
          "triplet": ["method.projector=[64, 32]", "method.predictor_hidden=64", "method.negatives_to=5"]}
