@@ -1,6 +1,6 @@
 """Self-supervised losses, faithful to the papers' official code; all computed in float32.
 
-    from sslpipe.losses import info_nce, negative_cosine, nt_xent, sinkhorn, swapped_prediction
+    from sslpipe.losses import info_nce, nt_xent, regression_loss, triplet_loss, nce_loss, ...
 
 Cross-rank communication goes through `sslpipe.distributed`, so each loss works unchanged in a
 single process and under DDP.
@@ -16,6 +16,6 @@ from sslpipe.losses.ntxent import nt_xent
 from sslpipe.losses.swav import sinkhorn, swapped_prediction
 from sslpipe.losses.triplet import triplet_loss
 
-__all__ = ["bank_scores", "bank_softmax", "nce_loss", "nce_normalizer",
-           "regression_loss", "triplet_loss", "batch_criterion", "moco_v3_ctr",
-           "info_nce", "negative_cosine", "nt_xent", "sinkhorn", "swapped_prediction"]
+__all__ = ["bank_scores", "bank_softmax", "batch_criterion", "info_nce", "moco_v3_ctr", "nce_loss",
+           "nce_normalizer", "negative_cosine", "nt_xent", "regression_loss", "sinkhorn",
+           "swapped_prediction", "triplet_loss"]

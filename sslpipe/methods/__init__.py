@@ -20,11 +20,11 @@ from sslpipe.methods.triplet import Triplet
 from sslpipe.methods.views import ViewsNeeded
 
 # The recipe's `method.name` -> the method; its `Config` types the recipe's `method` section.
-METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "mocov2": MoCo, "swav": SwAV, "simsiam": SimSiam,
-                                    "mocov3": MoCoV3, "invaspread": InvaSpread,
-                                    "byol": BYOL, "triplet": Triplet,
-                                    "instdisc": InstDisc, "cmc": CMC}
+METHODS: dict[str, type[Method]] = {
+    "simclr": SimCLR, "mocov2": MoCo, "swav": SwAV, "simsiam": SimSiam,
+    "byol": BYOL, "mocov3": MoCoV3, "triplet": Triplet,
+    "instdisc": InstDisc, "invaspread": InvaSpread, "cmc": CMC,
+}
 
-__all__ = ["CMC", "InstDisc", "BYOL", "Triplet", "InvaSpread", "MoCoV3",
-           "METHODS", "FeatureExtractor", "Method", "MoCo", "SimCLR", "SimSiam", "Step", "StepOutput", "SwAV",
-           "ViewsNeeded"]
+__all__ = ["BYOL", "CMC", "METHODS", "FeatureExtractor", "InstDisc", "InvaSpread", "Method", "MoCo", "MoCoV3",
+           "SimCLR", "SimSiam", "Step", "StepOutput", "SwAV", "Triplet", "ViewsNeeded"]
