@@ -4,8 +4,8 @@ of the samples either read moved, all others as initialised), and the same NCE c
 
 import pytest
 import torch
-from run_helpers import RECIPES, SMALL
-from test_launch import HERE, launch
+from run_helpers import RECIPES
+from test_launch import probe, probe_settings
 
 from sslpipe.pipeline.shardlist import SampleIndex, resolve_shards
 from sslpipe.train import loop
@@ -16,10 +16,8 @@ BANKS = {"instdisc": ["bank.rows"], "cmc": ["bank_l.rows", "bank_ab.rows"]}
 
 @pytest.mark.parametrize("method", sorted(BANKS))
 def test_both_processes_apply_every_process_s_bank_updates(photo_shards, tmp_path, method):
-    overrides = [f"data.train={photo_shards}", "data.batch_size=16", f"train.out={tmp_path}",
-                 "train.max_steps=2", "train.log_every=1", "data.num_threads=1", *SMALL[method]]
-    launch(HERE / "rank_probe.py", tmp_path, RECIPES / f"{method}_small.yaml", *overrides, cwd=tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = probe(method, photo_shards, tmp_path)
+    overrides = probe_settings(method, photo_shards, tmp_path)
     samples = SampleIndex(resolve_shards(photo_shards))
     index_of = {key: i for i, key in enumerate(samples.keys(range(len(samples))))}
     seen = [{index_of[k] for batch in r["keys"] for k in batch} for r in ranks]

@@ -7,21 +7,12 @@ import json
 
 import pytest
 import torch
-from test_launch import HERE, RECIPES, launch
-
-HEADS = {"byol": ["method.projector=[64, 32]", "method.predictor_hidden=64"],
-         "triplet": ["method.projector=[64, 32]", "method.predictor_hidden=64", "method.negatives_to=5"]}
+from test_launch import probe
 
 
 @pytest.mark.parametrize("method", ["byol", "triplet"])
 def test_ranks_keep_identical_online_and_target_weights_under_sync_bn(photo_shards, tmp_path, method):
-    launch(HERE / "rank_probe.py", tmp_path, RECIPES / f"{method}_small.yaml", f"data.train={photo_shards}",
-           "data.batch_size=16", f"train.out={tmp_path}", "train.max_steps=2", "train.log_every=1",
-           "data.num_threads=1", "model.sync_bn=true", *HEADS[method], cwd=tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0]["world_size"] == 2
-    seen = [{k for batch in r["keys"] for k in batch} for r in ranks]
-    assert seen[0] and seen[1] and not seen[0] & seen[1]  # each rank its own images
+    ranks = probe(method, photo_shards, tmp_path, "model.sync_bn=true")
     parameters = [r["parameters"] for r in ranks]
     assert any(name.startswith("target.") for name in parameters[0])
     for name, value in parameters[0].items():

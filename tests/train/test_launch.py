@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import SMALL
 
 HERE = Path(__file__).parent
 RECIPES = HERE.parents[1] / "recipes"
@@ -31,6 +32,24 @@ def small(method, shards, out):
              "mocov2": ["method.head=[64, 32]", "method.queue_size=64"]}[method]
     return [RECIPES / f"{method}_small.yaml", f"data.train={shards}", "data.batch_size=16",
             f"train.out={out}", "train.max_steps=2", "train.log_every=1", "data.num_threads=1", *heads]
+
+
+def probe_settings(method, shards, out, *extra):
+    """The overrides of a 2-step run of `method`'s small recipe (`run_helpers.SMALL`), batch 16."""
+    return [f"data.train={shards}", "data.batch_size=16", f"train.out={out}", "train.max_steps=2",
+            "train.log_every=1", "data.num_threads=1", *SMALL[method], *extra]
+
+
+def probe(method, shards, out, *extra):
+    """Two processes run `method`'s small recipe under `rank_probe.py`: what each saved, after
+    checking that each read its own images."""
+    launch(HERE / "rank_probe.py", out, RECIPES / f"{method}_small.yaml",
+           *probe_settings(method, shards, out, *extra), cwd=out)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    seen = [{k for batch in r["keys"] for k in batch} for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]  # 8 different images per process and step
+    return ranks
 
 
 def test_accelerate_launch_module_runs_two_processes(photo_shards, tmp_path):
