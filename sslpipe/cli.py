@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--images", type=_at_least(1), default=8, help="rows: images (default 8)")
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    preview.add_argument("--method", help="draw what this pretext method (rotnet, jigsaw, ...) makes of the "
+                                          "spec's views instead of the views")
     preview.set_defaults(run=_run_preview)
 
     train = commands.add_parser(
@@ -237,10 +239,15 @@ def _verify(out, splits, decode, threads, quiet) -> int:
 
 
 def _run_preview(args) -> int:
+    from sslpipe.methods.preview import render_method_preview
     from sslpipe.pipeline.preview import render_preview
 
-    path = render_preview(args.spec, args.shards, args.out, images=args.images, seed=args.seed,
-                          device=args.device)
+    if args.method:
+        path = render_method_preview(args.method, args.spec, args.shards, args.out, images=args.images,
+                                     seed=args.seed, device=args.device)
+    else:
+        path = render_preview(args.spec, args.shards, args.out, images=args.images, seed=args.seed,
+                              device=args.device)
     print(f"wrote {path}")
     return 0
 

@@ -2,7 +2,8 @@
 
     0  errors                                       the one exception type
     1  typed, seeds, files, distributed, counting   foundations
-    2  models, losses, optim, shards, fixtures      tools without a view of the data path
+    2  models, losses, optim, shards, fixtures,     tools without a view of the data path
+       pretext
     3  pipeline                                     spec -> DALI -> photometric stage -> batches
     4  methods, eval                                the method contract; the evaluation protocols
     5  train                                        the loop, checkpoint policy, the run folder
@@ -22,7 +23,7 @@ PACKAGE = Path(__file__).parents[1] / "sslpipe"
 LAYERS = [
     {"errors"},
     {"typed", "seeds", "files", "distributed", "counting"},
-    {"models", "losses", "optim", "shards", "fixtures"},
+    {"models", "losses", "optim", "shards", "fixtures", "pretext"},
     {"pipeline"},
     {"methods", "eval"},
     {"train"},

@@ -73,7 +73,8 @@ def test_a_wheel_install_loads_every_shipped_spec_and_recipe(installed):
         "print(sslpipe.__file__);"
         "names = sorted(s.shipped_specs()); [s.load_spec(n) for n in names]; print(names);"
         "recipes = sorted(p.stem for p in f.shipped_folder('recipes').glob('*.yaml'));"
-        "[c.load_config(r) for r in recipes]; print(recipes)"
+        "[c.load_config(r) for r in recipes];"
+        "import sslpipe.pretext.permutations as p; assert p.SHIPPED.is_file(), p.SHIPPED; print(recipes)"
     )
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

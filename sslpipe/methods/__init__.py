@@ -9,10 +9,15 @@ number of training samples over all shards (the range of `batch.index`; a memory
 from sslpipe.methods.base import FeatureExtractor, Method, Step, StepOutput
 from sslpipe.methods.byol import BYOL
 from sslpipe.methods.cmc import CMC
+from sslpipe.methods.cpc import CPC
+from sslpipe.methods.dae import DAE
 from sslpipe.methods.instdisc import InstDisc
 from sslpipe.methods.invaspread import InvaSpread
+from sslpipe.methods.jigsaw import Jigsaw
 from sslpipe.methods.moco import MoCo
 from sslpipe.methods.mocov3 import MoCoV3
+from sslpipe.methods.relative_loc import RelativeLoc
+from sslpipe.methods.rotnet import RotNet
 from sslpipe.methods.simclr import SimCLR
 from sslpipe.methods.simsiam import SimSiam
 from sslpipe.methods.swav import SwAV
@@ -24,7 +29,10 @@ METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR, "mocov2": MoCo, "swav": SwAV, "simsiam": SimSiam,
     "byol": BYOL, "mocov3": MoCoV3, "triplet": Triplet,
     "instdisc": InstDisc, "invaspread": InvaSpread, "cmc": CMC,
+    "rotnet": RotNet, "relative_loc": RelativeLoc, "jigsaw": Jigsaw, "dae": DAE,
+    "cpc": CPC,
 }
 
-__all__ = ["BYOL", "CMC", "METHODS", "FeatureExtractor", "InstDisc", "InvaSpread", "Method", "MoCo", "MoCoV3",
-           "SimCLR", "SimSiam", "Step", "StepOutput", "SwAV", "Triplet", "ViewsNeeded"]
+__all__ = ["BYOL", "CMC", "CPC", "DAE", "METHODS", "FeatureExtractor", "InstDisc", "InvaSpread", "Jigsaw",
+           "Method", "MoCo", "MoCoV3", "RelativeLoc", "RotNet", "SimCLR", "SimSiam", "Step", "StepOutput",
+           "SwAV", "Triplet", "ViewsNeeded"]

@@ -110,6 +110,12 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: Step) -> None:
         """After the update (BYOL moves its target network here)."""
 
+    def preview(self, batch: Batch, step: Step) -> list[list[tuple[str, torch.Tensor]]] | None:
+        """What the method makes of `batch` (views not normalized) before its backbone sees it, for
+        `sslpipe preview --method`: per image, cells of (caption, (C, H, W) image in [0, 1]).
+        None: the views as they come (the instance methods; `sslpipe preview SPEC` shows them)."""
+        return None
+
     def on_epoch_start(self, epoch: int, extract: FeatureExtractor) -> None:
         """Before the first step of `epoch` (DeepCluster re-clusters here); `extract(module)` gives
         features of every training image. Not called when a run resumes mid-epoch: what it

@@ -5,6 +5,8 @@
 with a `num_features` attribute.
 """
 
+from functools import partial
+
 from sslpipe.errors import SslpipeError
 from sslpipe.models.cmc import CMCSplit, cmc_resnet18, cmc_resnet18_ycbcr, cmc_resnet50, cmc_resnet50_ycbcr
 from sslpipe.models.global_batchnorm import GlobalBatchNorm1d, GlobalBatchNorm2d, convert_global_batchnorm
@@ -15,6 +17,9 @@ BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
 # CMC's two encoders (L and ab, or Y and CbCr) on the RGB view, their features concatenated.
 BACKBONES.update({"cmc_resnet18": cmc_resnet18, "cmc_resnet50": cmc_resnet50,
                   "cmc_resnet18_ycbcr": cmc_resnet18_ycbcr, "cmc_resnet50_ycbcr": cmc_resnet50_ycbcr})
+# Layer norms in the BatchNorms' place: CPC v2's encoder (no statistics shared across the batch).
+BACKBONES.update({"resnet18_layernorm": partial(resnet18, norm="layer"),
+                  "resnet50_layernorm": partial(resnet50, norm="layer")})
 
 
 def build_backbone(name: str, *, small_images: bool = False, zero_init_residual: bool = False) -> ResNet:

@@ -51,6 +51,8 @@ class CMCSplit(nn.Module):
     forward: (B, 3, H, W) normalized RGB -> (B, num_features), the two encoders' features concatenated.
     """
 
+    KEYS = "torchvision, under l. and ab."  # as ResNet.KEYS
+
     def __init__(self, make_resnet, *, colorspace: Colorspace = "lab", width: float = 0.5,
                  small_images: bool = False, zero_init_residual: bool = False):
         super().__init__()

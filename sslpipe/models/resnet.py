@@ -5,16 +5,27 @@ initialisation are identical to torchvision's `resnet18()` / `resnet50()`, so ch
 either way. `small_images=True` swaps in the CIFAR-style stem (3x3 stride-1 conv1, no max-pool). `in_channels`
 and `width` (the stages' channels x width, the stem's 64 kept) serve CMC's split encoders (one
 ResNet on L, one on ab; "2xResNet50half" is width 0.5, as HobbitLong/CMC models/resnet.py).
+`norm="layer"` puts a layer normalization (over each sample's C, H, W: `GroupNorm(1, C)`) in every
+BatchNorm's place: CPC v2's encoder, whose patches must not share statistics through the batch;
+its state dict has the same keys less the BatchNorms' running statistics.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+Norm = Literal["batch", "layer"]
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+def _norm(norm: Norm, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(1, channels)
 
 
 class BasicBlock(nn.Module):
@@ -22,13 +33,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm: Norm = "batch"):
         super().__init__()
         self.conv1 = _conv(cin, planes, 3, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = _norm(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv(planes, planes, 3)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = _norm(norm, planes)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,14 +57,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm: Norm = "batch"):
         super().__init__()
         self.conv1 = _conv(cin, planes, 1)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = _norm(norm, planes)
         self.conv2 = _conv(planes, planes, 3, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = _norm(norm, planes)
         self.conv3 = _conv(planes, planes * self.expansion, 1)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = _norm(norm, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -71,18 +84,26 @@ class ResNet(nn.Module):
     forward: (B, 3, H, W) -> (B, num_classes), or (B, num_features) when `fc` is Identity.
     """
 
+    KEYS = "torchvision"  # its state dict's naming, written into exported files' metadata
+
     def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, int, int, int], *,
                  num_classes: int | None = None, small_images: bool = False,
-                 zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0):
+                 zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0,
+                 norm: Norm = "batch"):
         super().__init__()
         if in_channels < 1 or not width > 0:
             raise ValueError(f"a ResNet needs in_channels >= 1 and width > 0, got {in_channels} and {width}")
+        if norm not in ("batch", "layer"):
+            raise ValueError(f"norm must be batch or layer, got {norm!r}")
+        if norm == "layer":
+            self.KEYS = "torchvision, without the BatchNorms' running statistics (layer norms)"
+        self._norm = norm
         self._inplanes = 64
         if small_images:
             self.conv1 = _conv(in_channels, 64, 3)
         else:
             self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = _norm(norm, 64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_images else nn.MaxPool2d(3, stride=2, padding=1)
         base = int(64 * width)
@@ -97,7 +118,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if zero_init_residual:  # each residual branch starts at zero: https://arxiv.org/abs/1706.02677
@@ -111,9 +132,9 @@ class ResNet(nn.Module):
         cout = planes * block.expansion
         downsample = None
         if stride != 1 or self._inplanes != cout:
-            downsample = nn.Sequential(_conv(self._inplanes, cout, 1, stride), nn.BatchNorm2d(cout))
-        blocks = [block(self._inplanes, planes, stride, downsample)]
-        blocks += [block(cout, planes) for _ in range(1, depth)]
+            downsample = nn.Sequential(_conv(self._inplanes, cout, 1, stride), _norm(self._norm, cout))
+        blocks = [block(self._inplanes, planes, stride, downsample, self._norm)]
+        blocks += [block(cout, planes, norm=self._norm) for _ in range(1, depth)]
         self._inplanes = cout
         return nn.Sequential(*blocks)
 
@@ -124,14 +145,16 @@ class ResNet(nn.Module):
 
 
 def resnet18(*, num_classes: int | None = None, small_images: bool = False,
-             zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0) -> ResNet:
+             zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0,
+             norm: Norm = "batch") -> ResNet:
     """ResNet-18 (BasicBlock, 2-2-2-2), 11.7M parameters with a 1000-way fc; num_features 512 x width."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, small_images=small_images,
-                  zero_init_residual=zero_init_residual, in_channels=in_channels, width=width)
+                  zero_init_residual=zero_init_residual, in_channels=in_channels, width=width, norm=norm)
 
 
 def resnet50(*, num_classes: int | None = None, small_images: bool = False,
-             zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0) -> ResNet:
+             zero_init_residual: bool = False, in_channels: int = 3, width: float = 1.0,
+             norm: Norm = "batch") -> ResNet:
     """ResNet-50 (Bottleneck, 3-4-6-3), 25.6M parameters with a 1000-way fc; num_features 2048 x width."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, small_images=small_images,
-                  zero_init_residual=zero_init_residual, in_channels=in_channels, width=width)
+                  zero_init_residual=zero_init_residual, in_channels=in_channels, width=width, norm=norm)

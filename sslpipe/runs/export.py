@@ -80,7 +80,8 @@ def export_run(target: str | Path, out: str | Path | None = None) -> Path:
         state = backbone_state(checkpoint, path)
         _check_finite(state, path)
         model = checkpoint["config"]["model"]
-        metadata = {"format": "pt", "architecture": model["backbone"],
+        keys = build_backbone(model["backbone"]).KEYS
+        metadata = {"format": "pt", "architecture": model["backbone"], "keys": keys,
                     "small_images": str(model.get("small_images", False)),
                     "step": str(checkpoint.get("step")), "source": str(path)}
         if run.config.is_file():

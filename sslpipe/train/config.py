@@ -68,7 +68,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0     # linear warmup from 0, then cosine
     weight_decay: float = 1e-4
     final_weight_decay: float | None = None  # a cosine from weight_decay to this (DINO); None: constant
-    momentum: float = 0.9
+    momentum: float = 0.9          # SGD's and LARS's momentum; Adam's beta1
+    beta2: float = 0.999           # Adam's second-moment decay
     eta: float = 0.001             # LARS trust coefficient
     exclude_bias_and_norm: bool = False  # no weight decay (nor LARS adaptation) on 1-D parameters
     clip_grad_norm: float | None = None
@@ -83,8 +84,9 @@ class OptimConfig:
             raise ValueError(f"eta must be > 0, got {self.eta}")
         if self.final_weight_decay is not None and self.final_weight_decay < 0:
             raise ValueError(f"final_weight_decay must be >= 0, got {self.final_weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ("momentum", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             # torch would scale the gradient by a negative factor: a step uphill
             raise ValueError(f"clip_grad_norm must be > 0 (or null: no clipping), got {self.clip_grad_norm}")

@@ -152,7 +152,8 @@ def train(config: Config, *, resume: str | Path | None = None) -> Path:
                            f"optim.clip_grad_norm")
     if progress.step == total_steps and accelerator.is_main_process:
         try:
-            save_backbone(method.backbone.state_dict(), run.backbone, {"format": "pt", "keys": "torchvision"})
+            metadata = {"format": "pt", "architecture": config.model.backbone, "keys": method.backbone.KEYS}
+            save_backbone(method.backbone.state_dict(), run.backbone, metadata)
         except OSError as e:  # the last checkpoint holds the same weights: a resume only writes the file
             raise SslpipeError(f"{describe_os_error(e, run.backbone)}: training finished and its last "
                                f"checkpoint is intact, the backbone was not written; free space and run "
@@ -431,7 +432,7 @@ def build_optimizer(config: Config, method: Method, lr: float) -> torch.optim.Op
                           exclude_bias_and_norm=optim.exclude_bias_and_norm,
                           fixed_lr_prefixes=method.fixed_lr_prefixes)
     return OPTIMIZERS[optim.name](groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                                  eta=optim.eta)
+                                  eta=optim.eta, beta2=optim.beta2)
 
 
 def resolved_config(config: Config, acc: Accelerator, spec: PipelineSpec, steps_per_epoch: int,

@@ -64,6 +64,7 @@ def test_the_eval_backbone_gives_both_encoders_features_concatenated():
     keys = net.state_dict().keys()
     assert keys == {f"{p}.{k}" for p in ("l", "ab") for k in net.l.state_dict()}  # constants not saved
     assert {"cmc_resnet18", "cmc_resnet50", "cmc_resnet18_ycbcr", "cmc_resnet50_ycbcr"} <= set(BACKBONES)
+    assert net.KEYS == "torchvision, under l. and ab."  # what the exported file's metadata says
     assert build_backbone("cmc_resnet50").num_features == 1024 + 1024  # "2xResNet50half"
 
 

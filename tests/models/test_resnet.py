@@ -155,5 +155,16 @@ def test_eval_is_deterministic():
 
 
 def test_unknown_backbone_names_the_choices():
-    with pytest.raises(SslpipeError, match=r"'resnet34'.*resnet18, resnet50"):
+    with pytest.raises(SslpipeError, match=r"'resnet34'.*resnet18, resnet18_layernorm, resnet50"):
         build_backbone("resnet34")
+
+
+def test_the_layer_norm_resnet_has_group_norms_of_one_group_and_refuses_other_norms():
+    net = build_backbone("resnet50_layernorm")
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 53 and all(m.num_groups == 1 for m in norms)  # every BatchNorm of a ResNet-50
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    batch_norm_only = ("running_mean", "running_var", "num_batches_tracked")
+    assert set(net.state_dict()) == {k for k in resnet50().state_dict() if not k.endswith(batch_norm_only)}
+    with pytest.raises(ValueError, match="norm must be batch or layer, got 'group'"):
+        resnet18(norm="group")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sslpipe.cli import main
@@ -89,6 +90,9 @@ def test_export_writes_torchvision_keys_that_load_strictly(run_dir, tmp_path, ca
     for key, value in weights.items():
         assert torch.equal(value, checkpoint["model"][f"backbone.{key}"])
     assert (tmp_path / "export" / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
+    for written in (tmp_path / "export" / "backbone.safetensors", run_dir / "backbone.safetensors"):
+        with safe_open(written, "pt") as f:
+            assert f.metadata()["keys"] == "torchvision" and f.metadata()["architecture"] == "resnet18"
 
 
 def test_export_of_nothing_is_a_clear_error(tmp_path, capsys):

@@ -21,7 +21,12 @@ SMALL = {"simclr": ["method.projector=[64, 32]"],
          "instdisc": ["method.objective=nce", "method.negatives=16", "method.dim=32"],  # Z resumes too
          "cmc": ["method.negatives=16", "method.dim=32"],
          "byol": ["method.projector=[64, 32]", "method.predictor_hidden=64"],
-         "triplet": ["method.projector=[64, 32]", "method.predictor_hidden=64", "method.negatives_to=5"]}
+         "triplet": ["method.projector=[64, 32]", "method.predictor_hidden=64", "method.negatives_to=5"],
+         # The pretext methods draw their targets from the step's generator: those resume too.
+         "rotnet": ["method.rotations=one"], "jigsaw": ["method.tile_dim=16"],
+         "relative_loc": ["method.hidden=16", "method.pairs=one", "method.color_drop=0.5"],
+         "dae": ["method.side=16", "method.decoder_width=8"],
+         "cpc": ["method.offsets=[2]", "method.grid=3", "method.context_width=8", "method.context_blocks=1"]}
 
 
 def config(method, shards, out, *overrides):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from sslpipe.errors import SslpipeError
 from sslpipe.methods import METHODS
@@ -64,7 +65,8 @@ def test_overrides_replace_values_with_their_types(tmp_path):
     ("method: {name: no_such_method}\n", r"mine.yaml: method.name: unknown method 'no_such_method'"),
     ("data: {batch_size: 8}\n", r"mine.yaml: method.name: required"),
     ("method: {name: simclr}\nextra: 1\n", r"mine.yaml: extra: unknown section"),
-    ("method: {name: simclr}\noptim: {name: adam}\n", r"mine.yaml: optim.name: expected one of lars, sgd"),
+    ("method: {name: simclr}\noptim: {name: adamw}\n",
+     r"mine.yaml: optim.name: expected one of lars, sgd, adam"),
     ("method: {name: simclr}\ndata: {batch_size: 0}\n", r"mine.yaml: data: batch_size must be >= 1"),
     ("method: {name: simclr, temperature: -1}\n", r"mine.yaml: method: temperature must be > 0"),
     ("method: {name: simclr}\nmodel: {sync_bn: 2}\n", r"mine.yaml: model.sync_bn: expected true or false"),
@@ -145,7 +147,19 @@ def test_choices_come_from_the_registries(tmp_path, monkeypatch):
     with pytest.raises(SslpipeError, match=r"model.backbone: expected one of " + ", ".join(BACKBONES)):
         load_config(recipe(tmp_path, "method: {name: simclr}\nmodel: {backbone: vit}\n"))
     with pytest.raises(SslpipeError, match=r"optim.name: expected one of " + ", ".join(OPTIMIZERS)):
-        load_config(recipe(tmp_path, "method: {name: simclr}\noptim: {name: adam}\n"))
+        load_config(recipe(tmp_path, "method: {name: simclr}\noptim: {name: adamw}\n"))
     monkeypatch.setitem(METHODS, "simclr2", METHODS["simclr"])  # a new method: its registry line suffices
     config = load_config(recipe(tmp_path, "method: {name: simclr2, temperature: 0.3}\n"))
     assert config.method_name == "simclr2" and config.method.temperature == 0.3
+
+
+def test_adam_takes_momentum_as_beta1_and_its_own_beta2(tmp_path):
+    from sslpipe.train.loop import build_method, build_optimizer
+
+    config = load_config(recipe(tmp_path, "method: {name: rotnet}\n"
+                                          "optim: {name: adam, lr: 3.0e-5, momentum: 0.9, beta2: 0.99}\n"))
+    optimizer = build_optimizer(config, build_method(config), 3e-5)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.99) and optimizer.param_groups[0]["lr"] == 3e-5
+    with pytest.raises(SslpipeError, match=r"beta2 must be in \[0, 1\), got 1.0"):
+        load_config(recipe(tmp_path, "method: {name: rotnet}\noptim: {name: adam, beta2: 1.0}\n"))
