@@ -34,11 +34,13 @@ from sslpipe.pipeline.spec import load_spec  # noqa: E402
 from sslpipe.train.config import load_config  # noqa: E402
 
 BEGIN, END = "<!-- bench_pretext: begin -->", "<!-- bench_pretext: end -->"
-# recipe -> what its method makes from the crops before the backbone: (inputs, labels)
+# recipe -> what its method makes from the crops before the backbone: (inputs, labels or None)
 TARGETS = {
     "rotnet_r50_imagenet": lambda method, x, step: rotated(x, method.config.rotations, step.generator),
     "relative_loc_r50_imagenet": lambda method, x, step: method.patches(x, step),
     "jigsaw_r50_imagenet": lambda method, x, step: method.tiles(x, step),
+    "dae_r50_imagenet": lambda method, x, step: method.corrupted(x, step)[:2],
+    "cpc_r50_imagenet": lambda method, x, step: (method.patches(x, step), None),
 }
 
 

@@ -4,7 +4,6 @@ generator: the anti-shortcut steps of the patch-based pretext tasks."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 LUMA = (0.2989, 0.587, 0.114)  # the pipeline's grayscale weights (torchvision's)
 
@@ -27,7 +26,7 @@ def drop_colors(patches: torch.Tensor, p: float, generator: torch.Generator | No
     kept_std = patches.std(dim=(-2, -1), unbiased=False).gather(1, keep[:, None])       # (N, 1)
     noise = torch.randn(patches.shape, generator=generator, device=patches.device, dtype=patches.dtype)
     noise = noise * (kept_std / 100).view(n, 1, 1, 1)
-    kept = F.one_hot(keep, 3).bool().view(n, 3, 1, 1)
+    kept = (keep.view(n, 1) == torch.arange(3, device=patches.device)).view(n, 3, 1, 1)  # one_hot syncs
     return torch.where(apply.view(n, 1, 1, 1) & ~kept, noise, patches)
 
 
