@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sslpipe.errors import SslpipeError
 from sslpipe.methods import METHODS
-from sslpipe.methods.base import Step
+from sslpipe.methods.base import Method, Step
 from sslpipe.models import build_backbone
 from sslpipe.pipeline.loader import ViewLoader
 from sslpipe.pipeline.preview import check_png, render_cells
@@ -23,10 +23,10 @@ def render_method_preview(method: str, spec, shards, out: str | Path, images: in
     check_png(out)
     loader = ViewLoader(spec, shards, batch_size=images, device=device, seed=seed, normalize=False)
     cls = METHODS[method]
+    if cls.preview is Method.preview:  # before building it: an instance method may need more (a bank's size)
+        raise SslpipeError(f"--method {method}: it trains on the spec's views as they come; "
+                           f"`sslpipe preview {loader.spec.name} SHARDS` draws them")
     model = cls(build_backbone("resnet18"), cls.Config(), global_batch=images, samples=loader.num_samples)
     model.views_needed().check(loader.spec, method, setting="SPEC")
     rows = model.to(device).preview(next(iter(loader)), Step(seed=seed, device=loader.device))
-    if rows is None:
-        raise SslpipeError(f"--method {method}: it trains on the spec's views as they come; "
-                           f"`sslpipe preview {loader.spec.name} SHARDS` draws them")
     return render_cells(rows, out, title=f"{method} on {loader.spec.name} (seed {seed})")

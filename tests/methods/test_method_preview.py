@@ -44,6 +44,8 @@ def test_methods_without_inputs_of_their_own_and_unknown_names_are_errors(photo_
     assert main(["preview", "small_simclr", photo_shards, "-o", out, "--method", "simclr"]) == 2
     err = capsys.readouterr().err
     assert "trains on the spec's views as they come; `sslpipe preview small_simclr SHARDS`" in err
+    assert main(["preview", "small_simclr", photo_shards, "-o", out, "--method", "cmc"]) == 2  # not built
+    assert "--method cmc: it trains on the spec's views as they come" in capsys.readouterr().err
     assert main(["preview", "small_simclr", photo_shards, "-o", out, "--method", "rotnett"]) == 2
     assert "--method 'rotnett': unknown; choose one of simclr" in capsys.readouterr().err
     assert main(["preview", "small_simclr", photo_shards, "-o", out, "--method", "rotnet"]) == 2
