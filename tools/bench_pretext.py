@@ -29,7 +29,7 @@ from benchdoc import cpu_name, write_section  # noqa: E402  (tools/, beside this
 from sslpipe.counting import DispatchCounter  # noqa: E402
 from sslpipe.methods import METHODS, Step  # noqa: E402
 from sslpipe.methods.rotnet import rotated  # noqa: E402
-from sslpipe.models import resnet18  # noqa: E402
+from sslpipe.models import colorization_resnet18, resnet18  # noqa: E402
 from sslpipe.pipeline.spec import load_spec  # noqa: E402
 from sslpipe.train.config import load_config  # noqa: E402
 
@@ -41,7 +41,14 @@ TARGETS = {
     "jigsaw_r50_imagenet": lambda method, x, step: method.tiles(x, step),
     "dae_r50_imagenet": lambda method, x, step: method.corrupted(x, step)[:2],
     "cpc_r50_imagenet": lambda method, x, step: (method.patches(x, step), None),
+    "colorization_r50_imagenet": lambda method, x, step: _lightness_and_bins(method, x),
 }
+
+
+def _lightness_and_bins(method, crops):
+    """Colorization's L input and the soft target's bin indices (its weights come with them)."""
+    lab = method.backbone.lab(crops)
+    return lab[:, :1], method.targets(lab)[0]
 
 
 def measure(recipe: str, batch: int, repeats: int, device: torch.device) -> dict:
@@ -68,9 +75,11 @@ def measure(recipe: str, batch: int, repeats: int, device: torch.device) -> dict
 
 
 def _method(config, batch: int, device: torch.device):
-    """The recipe's method on a ResNet-18 (the backbone plays no part in the target making)."""
+    """The recipe's method on a ResNet-18 (the backbone plays no part in the target making; the
+    colorization's converts the crops to Lab)."""
     cls = METHODS[config.method_name]
-    return cls(resnet18(), config.method, global_batch=batch).to(device)
+    backbone = colorization_resnet18() if config.method_name == "colorization" else resnet18()
+    return cls(backbone, config.method, global_batch=batch).to(device)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ number of training samples over all shards (the range of `batch.index`; a memory
 from sslpipe.methods.base import FeatureExtractor, Method, Step, StepOutput
 from sslpipe.methods.byol import BYOL
 from sslpipe.methods.cmc import CMC
+from sslpipe.methods.colorization import Colorization
 from sslpipe.methods.cpc import CPC
 from sslpipe.methods.dae import DAE
 from sslpipe.methods.instdisc import InstDisc
@@ -30,9 +31,9 @@ METHODS: dict[str, type[Method]] = {
     "byol": BYOL, "mocov3": MoCoV3, "triplet": Triplet,
     "instdisc": InstDisc, "invaspread": InvaSpread, "cmc": CMC,
     "rotnet": RotNet, "relative_loc": RelativeLoc, "jigsaw": Jigsaw, "dae": DAE,
-    "cpc": CPC,
+    "colorization": Colorization, "cpc": CPC,
 }
 
-__all__ = ["BYOL", "CMC", "CPC", "DAE", "METHODS", "FeatureExtractor", "InstDisc", "InvaSpread", "Jigsaw",
-           "Method", "MoCo", "MoCoV3", "RelativeLoc", "RotNet", "SimCLR", "SimSiam", "Step", "StepOutput",
-           "SwAV", "Triplet", "ViewsNeeded"]
+__all__ = ["BYOL", "CMC", "CPC", "Colorization", "DAE", "METHODS", "FeatureExtractor", "InstDisc",
+           "InvaSpread", "Jigsaw", "Method", "MoCo", "MoCoV3", "RelativeLoc", "RotNet", "SimCLR", "SimSiam",
+           "Step", "StepOutput", "SwAV", "Triplet", "ViewsNeeded"]

@@ -81,12 +81,14 @@ class Method(nn.Module):
     test: a method that needs it refuses None with a ValueError). The other methods are hooks
     with defaults that do nothing; the loop calls them in this order each step: `forward`,
     backward, `before_optimizer_step`, the optimizer, `after_optimizer_step`; and
-    `on_epoch_start(epoch, extract)` before an epoch's first step.
+    `on_epoch_start(epoch, extract)` before an epoch's first step, then `artifacts`.
     """
 
     Config: type
     # Parameters (by name prefix) whose learning rate stays at its initial value (SimSiam's predictor).
     fixed_lr_prefixes: tuple[str, ...] = ()
+    # A backbone (`sslpipe.models.BACKBONES`) it works with, where no recipe names one (`sslpipe preview`).
+    example_backbone: str = "resnet18"
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -115,6 +117,11 @@ class Method(nn.Module):
         `sslpipe preview --method`: per image, cells of (caption, (C, H, W) image in [0, 1]).
         None: the views as they come (the instance methods; `sslpipe preview SPEC` shows them)."""
         return None
+
+    def artifacts(self) -> dict[str, np.ndarray]:
+        """Arrays to keep beside the run, by name: the loop writes each as `<run>/<name>.npy` after
+        `on_epoch_start` (colorization's prior). Their values belong in the method's state too."""
+        return {}
 
     def on_epoch_start(self, epoch: int, extract: FeatureExtractor) -> None:
         """Before the first step of `epoch` (DeepCluster re-clusters here); `extract(module)` gives

@@ -26,7 +26,8 @@ def render_method_preview(method: str, spec, shards, out: str | Path, images: in
     if cls.preview is Method.preview:  # before building it: an instance method may need more (a bank's size)
         raise SslpipeError(f"--method {method}: it trains on the spec's views as they come; "
                            f"`sslpipe preview {loader.spec.name} SHARDS` draws them")
-    model = cls(build_backbone("resnet18"), cls.Config(), global_batch=images, samples=loader.num_samples)
+    model = cls(build_backbone(cls.example_backbone), cls.Config(), global_batch=images,
+                samples=loader.num_samples)
     model.views_needed().check(loader.spec, method, setting="SPEC")
     rows = model.to(device).preview(next(iter(loader)), Step(seed=seed, device=loader.device))
     return render_cells(rows, out, title=f"{method} on {loader.spec.name} (seed {seed})")

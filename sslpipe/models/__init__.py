@@ -10,6 +10,7 @@ from functools import partial
 from sslpipe.errors import SslpipeError
 from sslpipe.models.cmc import CMCSplit, cmc_resnet18, cmc_resnet18_ycbcr, cmc_resnet50, cmc_resnet50_ycbcr
 from sslpipe.models.global_batchnorm import GlobalBatchNorm1d, GlobalBatchNorm2d, convert_global_batchnorm
+from sslpipe.models.lightness import LightnessResNet, colorization_resnet18, colorization_resnet50
 from sslpipe.models.mlp import mlp
 from sslpipe.models.resnet import ResNet, resnet18, resnet50
 
@@ -20,6 +21,9 @@ BACKBONES.update({"cmc_resnet18": cmc_resnet18, "cmc_resnet50": cmc_resnet50,
 # Layer norms in the BatchNorms' place: CPC v2's encoder (no statistics shared across the batch).
 BACKBONES.update({"resnet18_layernorm": partial(resnet18, norm="layer"),
                   "resnet50_layernorm": partial(resnet50, norm="layer")})
+# Colorization's encoder: the L channel of the RGB view, output stride 8 (dilated last stages).
+BACKBONES.update({"colorization_resnet18": colorization_resnet18,
+                  "colorization_resnet50": colorization_resnet50})
 
 
 def build_backbone(name: str, *, small_images: bool = False, zero_init_residual: bool = False) -> ResNet:
@@ -29,5 +33,6 @@ def build_backbone(name: str, *, small_images: bool = False, zero_init_residual:
     return BACKBONES[name](small_images=small_images, zero_init_residual=zero_init_residual)
 
 
-__all__ = ["BACKBONES", "CMCSplit", "GlobalBatchNorm1d", "GlobalBatchNorm2d", "build_backbone",
-           "convert_global_batchnorm", "mlp", "resnet18", "resnet50"]
+__all__ = ["BACKBONES", "CMCSplit", "GlobalBatchNorm1d", "GlobalBatchNorm2d", "LightnessResNet",
+           "build_backbone", "colorization_resnet18", "colorization_resnet50", "convert_global_batchnorm",
+           "mlp", "resnet18", "resnet50"]

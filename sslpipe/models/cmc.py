@@ -19,9 +19,9 @@ import contextlib
 from typing import Literal
 
 import torch
-from kornia.color import rgb_to_lab
 from torch import nn
 
+from sslpipe.models.lab import RgbToLab
 from sslpipe.models.resnet import ResNet, resnet18, resnet50
 
 # The pipeline's default normalization (`sslpipe.pipeline.spec.IMAGENET_MEAN/STD`, a higher layer;
@@ -70,6 +70,7 @@ class CMCSplit(nn.Module):
             self.register_buffer(name, _column(values), persistent=False)
         self.register_buffer("ycbcr_matrix", torch.tensor(YCBCR_FROM_RGB), persistent=False)
         self.register_buffer("ycbcr_offset", _column(YCBCR_OFFSET), persistent=False)
+        self.to_lab = RgbToLab()
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) normalized RGB -> the normalized (B, 1, H, W) L and (B, 2, H, W) ab, float32."""
@@ -78,7 +79,7 @@ class CMCSplit(nn.Module):
                 else contextlib.nullcontext():
             rgb = (x.float() * self.rgb_std.float() + self.rgb_mean.float()).clamp(0, 1)
             if self.colorspace == "lab":
-                color = rgb_to_lab(rgb)
+                color = self.to_lab(rgb)
             else:
                 matrix, offset = self.ycbcr_matrix.float(), self.ycbcr_offset.float()
                 color = torch.einsum("ij,bjhw->bihw", matrix, rgb) + offset

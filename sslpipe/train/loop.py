@@ -226,6 +226,9 @@ def train_one_epoch(state: TrainState, last_step: int) -> None:
     loader.set_epoch(epoch)  # after a resume, the loader is already there, mid-epoch
     if done_in_epoch == 0:
         state.method.on_epoch_start(epoch, _feature_extractor(state))
+        if acc.is_main_process:
+            for name, array in state.method.artifacts().items():
+                state.run.write_artifact(name, array)
     window = state.window
     batches = iter(loader)
     # closed on the way out, also by an error, whose message then starts on a line of its own

@@ -5,6 +5,7 @@
     tensorboard/           when TensorBoard is installed
     checkpoints/           step-*.pt and last.pt (`sslpipe.train.checkpoint`)
     backbone.safetensors   at the end of training (torchvision's ResNet keys)
+    <name>.npy             what the method keeps beside the run (`Method.artifacts`: colorization's prior)
     eval.json              `sslpipe eval`
     export/                `sslpipe export`
 
@@ -17,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -99,6 +101,20 @@ class RunFolder:
     def write_config(self, resolved: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+
+    def write_artifact(self, name: str, array: np.ndarray) -> Path:
+        """`<name>.npy`, through a temporary file renamed on success."""
+        path = self.path / f"{name}.npy"
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(temporary, "wb") as f:
+                np.save(f, array)
+            os.replace(temporary, path)
+        except OSError as e:
+            temporary.unlink(missing_ok=True)
+            raise SslpipeError(f"{describe_os_error(e, path)}: the method's {name} was not written; free "
+                               f"space and resume (it is in the checkpoints)") from None
+        return path
 
     def write_eval(self, report: dict) -> None:
         """`eval.json`, through a temporary file renamed on success (a previous report stays

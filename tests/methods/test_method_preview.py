@@ -50,3 +50,11 @@ def test_methods_without_inputs_of_their_own_and_unknown_names_are_errors(photo_
     assert "--method 'rotnett': unknown; choose one of simclr" in capsys.readouterr().err
     assert main(["preview", "small_simclr", photo_shards, "-o", out, "--method", "rotnet"]) == 2
     assert "method rotnet needs exactly 1 view, not 2" in capsys.readouterr().err
+
+
+def test_colorization_is_previewed_on_its_own_backbone(photo_shards, tmp_path):
+    """The CLI builds each method on its `example_backbone` (colorization's sees only L)."""
+    out = tmp_path / "colorization.png"
+    assert main(["preview", "small_colorization", photo_shards, "-o", str(out), "--images", "2",
+                 "--method", "colorization"]) == 0
+    assert np.asarray(Image.open(out).convert("RGB")).std() > 10

@@ -168,3 +168,27 @@ def test_the_layer_norm_resnet_has_group_norms_of_one_group_and_refuses_other_no
     assert set(net.state_dict()) == {k for k in resnet50().state_dict() if not k.endswith(batch_norm_only)}
     with pytest.raises(ValueError, match="norm must be batch or layer, got 'group'"):
         resnet18(norm="group")
+
+
+@pytest.mark.parametrize("make", [resnet18, resnet50])
+def test_dilation_keeps_the_keys_and_weights_and_trades_stride_for_resolution(make):
+    """output_stride 8 or 16 as torchvision's replace_stride_with_dilation: the same state dict
+    loads, the stages before the dilated ones compute the same, the map is 4x or 2x finer, and the
+    dilation grows by the stride it replaces from each dilated stage's second block on."""
+    torch.manual_seed(0)
+    plain = make().eval()
+    x = torch.randn(1, 3, 64, 64)
+    for stride in (16, 8):
+        dilated = make(output_stride=stride).eval()
+        dilated.load_state_dict(plain.state_dict())
+        assert dilated.output_stride == stride
+        with torch.no_grad():
+            assert dilated.feature_map(x).shape[-1] == 64 // stride
+            early = [m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))) for m in (plain, dilated)]
+            assert torch.equal(*early)
+        convs = [m for m in dilated.layer4.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert convs[0].dilation == ((1, 1) if stride == 16 else (2, 2))
+        assert convs[-1].dilation[0] == 32 // stride
+        assert all(c.stride == (1, 1) and c.padding == c.dilation for c in convs)
+    with pytest.raises(ValueError, match="output_stride"):
+        make(output_stride=4)

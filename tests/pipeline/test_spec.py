@@ -9,7 +9,8 @@ SHIPPED_NAMES = ["simclr", "mocov2", "byol", "mocov3", "triplet", "instdisc", "i
                  "swav_multicrop", "eval", "finetune", "demo_simclr", "small_simclr", "small_mocov2",
                  "small_swav_multicrop", "small_byol", "small_mocov3", "small_triplet", "small_instdisc",
                  "small_invaspread", "small_cmc", "rotnet", "relative_loc", "jigsaw", "dae", "cpc",
-                 "small_rotnet", "small_relative_loc", "small_jigsaw", "small_dae", "small_cpc"]
+                 "small_rotnet", "small_relative_loc", "small_jigsaw", "small_dae", "small_cpc",
+                 "colorization", "small_colorization"]
 
 
 def test_every_shipped_spec_loads_and_none_is_missing():
@@ -62,10 +63,15 @@ def test_shipped_values_follow_the_reference_table():
             assert group.color_jitter == ColorJitter(0.8, 0.4, 0.4, 0.4, 0.1)
             assert group.blur is None and group.grayscale == Grayscale(0.2) and group.flip == 0.5
     assert [(g.count, g.size) for g in load_spec("small_swav_multicrop").groups] == [(2, 64), (4, 32)]
+    (colorization,) = load_spec("colorization").groups
+    assert (colorization.size, colorization.scale, colorization.flip) == (176, (0.47, 0.47), 0.5)
+    assert colorization.ops == () and colorization.kornia == ()   # no colour jitter: it is the target
     for spec in map(load_spec, SHIPPED_NAMES):
         assert all(v.normalize.mean == (0.485, 0.456, 0.406) for v in spec.views)
-        # Jigsaw's crops are squares (the references resize, then crop 255 x 255).
-        ratio = (1.0, 1.0) if "jigsaw" in spec.name else (3 / 4, 4 / 3)
+        # Jigsaw's crops are squares (the references resize, then crop 255 x 255), as colorization's
+        # (176 x 176 of images stored at 256 x 256).
+        square = "jigsaw" in spec.name or spec.name == "colorization"
+        ratio = (1.0, 1.0) if square else (3 / 4, 4 / 3)
         assert all(v.ratio == pytest.approx(ratio) for v in spec.views)
 
 

@@ -26,6 +26,7 @@ SMALL = {"simclr": ["method.projector=[64, 32]"],
          "rotnet": ["method.rotations=one"], "jigsaw": ["method.tile_dim=16"],
          "relative_loc": ["method.hidden=16", "method.pairs=one", "method.color_drop=0.5"],
          "dae": ["method.side=16", "method.decoder_width=8"],
+         "colorization": ["method.head_width=8"],
          "cpc": ["method.offsets=[2]", "method.grid=3", "method.context_width=8", "method.context_blocks=1"]}
 
 

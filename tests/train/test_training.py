@@ -3,6 +3,7 @@ losses, checkpoint crashes."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -54,6 +55,15 @@ def test_n_steps_then_resume_then_n_steps_equals_2n_steps_bit_for_bit(photo_shar
     lines = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     drop_timing = lambda row: {k: v for k, v in row.items() if k not in ("images_per_s", "data_wait")}  # noqa: E731
     assert [drop_timing(r) for r in lines(whole)] == [drop_timing(r) for r in lines(resumed)]
+
+
+def test_colorization_keeps_its_prior_beside_the_run_and_in_its_checkpoints(photo_shards, tmp_path):
+    run = train(config("colorization", photo_shards, tmp_path, "train.max_steps=2"))
+    prior, factor = np.load(run / "ab_prior.npy"), np.load(run / "ab_rebalancing_factor.npy")
+    assert prior.shape == factor.shape == (313,) and prior.sum() == pytest.approx(1.0)
+    assert (prior * factor).sum() == pytest.approx(1.0, rel=1e-6)   # the expected weight of a pixel
+    model = final_state(run)["model"]
+    assert np.array_equal(prior, model["prior"].numpy()) and np.allclose(factor, model["factor"].numpy())
 
 
 def test_resume_refuses_a_changed_setting(photo_shards, tmp_path):
